@@ -1,0 +1,55 @@
+# CONNECT: `make run` serves the demo; `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+FLASK := $(VENV)/bin/flask --app app
+PORT ?= 5000
+HOST ?= 127.0.0.1
+DEBIAN_PACKAGES := wkhtmltopdf chromium poppler-utils fonts-dejavu-core xvfb
+
+.PHONY: run test deps system-deps bench soak lint clean
+
+$(VENV)/.installed: requirements.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+deps: $(VENV)/.installed system-deps
+
+# Debian packages: installed when running as root, otherwise we say how.
+system-deps:
+	@missing=""; \
+	command -v wkhtmltopdf >/dev/null || missing="$$missing wkhtmltopdf"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v pdftoppm >/dev/null || missing="$$missing poppler-utils"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	  else \
+	    echo "Missing system packages:$$missing. Install them with: sudo apt-get install $(DEBIAN_PACKAGES)"; \
+	  fi; \
+	fi
+
+data/connect.db:
+	$(FLASK) init-db
+	$(FLASK) seed-demo
+
+run: deps data/connect.db
+	$(FLASK) init-db
+	@echo "CONNECT on http://$(HOST):$(PORT) (worker running alongside)"
+	$(FLASK) run-worker & WORKER=$$!; \
+	trap "kill $$WORKER 2>/dev/null" EXIT INT TERM; \
+	$(FLASK) run --host $(HOST) --port $(PORT)
+
+test: deps
+	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/connect-xdg} $(PY) -m pytest -n 2 --dist loadfile -q -p no:cacheprovider tests
+
+bench: deps
+	$(PY) -m bench.run
+
+soak: deps
+	$(PY) -m bench.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache

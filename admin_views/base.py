@@ -1,0 +1,163 @@
+"""One place owns access: SecureBaseView and SecureModelView.
+
+Every view declares `permission` (a name from models.PERMISSIONS) or `public = True`.
+Anonymous users are sent to sign-in, users who must change their password or sign the
+User MOU are sent there first, users without an acting program to the chooser, and
+signed-in users without the permission get 403. Row filtering goes through one
+`visible_query()` that list, count, detail, export and actions all use.
+"""
+
+import functools
+
+from flask import abort, flash, g, redirect, request, session, url_for
+from flask_admin import BaseView, expose  # noqa: F401  (re-exported for view modules)
+from flask_admin.contrib.peewee import ModelView
+from flask_admin.form import SecureForm
+from flask_login import current_user
+
+from models import Membership, Program, local_today
+from workflow import Actor, RuleViolation, audit_denial
+
+PROGRAM_SESSION_KEY = "program_id"
+
+
+def client_ip():
+    return request.remote_addr or ""
+
+
+def acting_program():
+    """The program the signed-in user acts for this request (R-CTX), or None."""
+    if "acting_program" in g:
+        return g.acting_program
+    program = None
+    if current_user.is_authenticated:
+        rows = list(Membership.select(Membership.program).distinct()
+                    .join(Program).where((Membership.user == current_user.id) & Program.active))
+        ids = {row.program_id for row in rows}
+        chosen = session.get(PROGRAM_SESSION_KEY)
+        if chosen in ids:
+            program = Program.get_by_id(chosen)
+        elif len(ids) == 1:  # R-CTX-1: one program, chosen automatically
+            program = Program.get_by_id(next(iter(ids)))
+            session[PROGRAM_SESSION_KEY] = program.id
+        g.program_count = len(ids)
+    g.acting_program = program
+    return program
+
+
+def current_actor():
+    return Actor(current_user._get_current_object(), acting_program(), client_ip())
+
+
+def needs_user_mou(user):
+    return user.current_user_mou(local_today()) is None
+
+
+class AccessMixin:
+    """Shared by every view: the gate of the module docstring."""
+
+    permission = None  # a permission name, or None with public = True
+    public = False
+    needs_program = False  # acting program required (subject and referral screens)
+    needs_mou = True  # User MOU required (R-MOU-1)
+    show_in_menu = True
+
+    def is_accessible(self):
+        if self.public:
+            return True
+        if not current_user.is_authenticated:
+            return False
+        return current_user.can(self.permission, acting_program())
+
+    def _gate(self):
+        """A redirect for sign-in, password change, MOU or program choice, else None."""
+        if self.public:
+            return None
+        if not current_user.is_authenticated:
+            return redirect(url_for("auth.sign_in", next=request.full_path))
+        if current_user.must_change_password:
+            return redirect(url_for("auth.change_password"))
+        if self.needs_mou and needs_user_mou(current_user):
+            return redirect(url_for("auth.user_mou", next=request.full_path))
+        if self.needs_program and acting_program() is None and not current_user.is_admin:
+            return redirect(url_for("program.index", next=request.full_path))
+        return None
+
+    def _handle_view(self, name, **kwargs):
+        response = self._gate()
+        if response is not None:
+            return response
+        if not self.is_accessible():
+            return self.inaccessible_callback(name, **kwargs)
+        return None
+
+    def inaccessible_callback(self, name, **kwargs):
+        if not current_user.is_authenticated:
+            return redirect(url_for("auth.sign_in", next=request.full_path))
+        audit_denial(current_actor(), f"{self.endpoint}.{name}", detail=request.path)
+        return abort(403)
+
+    def is_visible(self):
+        return self.show_in_menu and self.is_accessible()
+
+
+class SecureBaseView(AccessMixin, BaseView):
+    """A custom screen behind the gate."""
+
+
+class SecureModelView(AccessMixin, ModelView):
+    """A Flask-Admin list view behind the gate, with one row filter for everything."""
+
+    form_base_class = SecureForm
+    can_delete = False
+    can_view_details = True
+    page_size = 25
+    can_set_page_size = True
+    page_size_options = (25, 50, 100)
+
+    def visible_query(self):
+        """The rows the current user may see; override per view (the one row filter)."""
+        return self.model.select()
+
+    def get_query(self):
+        return self.visible_query()
+
+    def get_count_query(self):
+        return self.visible_query()
+
+    def get_one(self, id):
+        """Flask-Admin's peewee get_one skips get_query: filter here too (404 otherwise)."""
+        try:
+            key = int(id)
+        except (TypeError, ValueError):
+            return None
+        return self.visible_query().where(self.model.id == key).first()
+
+    def _ids(self, ids):
+        """Action ids from the browser: only those the user may see, as ints."""
+        clean = []
+        for raw in ids:
+            try:
+                clean.append(int(raw))
+            except (TypeError, ValueError):
+                continue
+        return list(self.visible_query().where(self.model.id.in_(clean))) if clean else []
+
+    def handle_rule_violation(self, exc):
+        flash(exc.message, "error")
+
+
+def rule_guard(view):
+    """Turn RuleViolation into a flash message and a redirect back (screens)."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        try:
+            return view(*args, **kwargs)
+        except RuleViolation as exc:
+            if exc.status_code == 404:
+                abort(404)
+            flash(exc.message, "error")
+            return redirect(request.referrer or request.path)
+
+    return wrapper

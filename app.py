@@ -1,0 +1,154 @@
+"""CONNECT: create_app(config=None) wires settings, database, sign-in, CSRF, admin and CLI."""
+
+import datetime as dt
+import os
+import pathlib
+import secrets
+
+from dotenv import load_dotenv
+from flask import Flask, g, request, session
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+
+import models
+from models import User, UserSession, database, utcnow
+from security import load_secret_key
+
+HERE = pathlib.Path(__file__).resolve().parent
+IDLE_TIMEOUT = dt.timedelta(minutes=30)
+ABSOLUTE_TIMEOUT = dt.timedelta(hours=12)
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+
+def settings_from_env():
+    """Settings of CONTRACT.md, read from the environment (and .env)."""
+    load_dotenv(HERE / ".env")
+    data_dir = os.environ.get("DATA_DIR", str(HERE / "data"))
+    base_url = os.environ.get("BASE_URL", "http://127.0.0.1:5000").rstrip("/")
+    return {
+        "DATA_DIR": data_dir,
+        "DATABASE_URL": os.environ.get("DATABASE_URL", "sqlite:///data/connect.db"),
+        "BASE_URL": base_url,
+        "UPLOAD_DIR": os.environ.get("UPLOAD_DIR", os.path.join(data_dir, "uploads")),
+        "UPLOAD_LIMIT": int(os.environ.get("UPLOAD_LIMIT", str(10 * 1024 * 1024))),
+        # Requests larger than this are refused (413) before they are read whole.
+        "MAX_CONTENT_LENGTH": int(os.environ.get("MAX_REQUEST_BYTES", str(12 * 1024 * 1024))),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": base_url.startswith("https://"),
+        "SESSION_COOKIE_NAME": "connect_session",
+        "PERMANENT_SESSION_LIFETIME": ABSOLUTE_TIMEOUT,
+        "WTF_CSRF_TIME_LIMIT": 8 * 3600,
+        "TILE_URL": os.environ.get("TILE_URL", "https://tile.openstreetmap.org/{z}/{x}/{y}.png"),
+        "FLASK_ADMIN_SWATCH": "default",
+    }
+
+
+def _resolve_sqlite_path(url, root):
+    """sqlite:///data/connect.db is relative to the project, not the working directory."""
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        path = url[len("sqlite:///"):]
+        if path and path != ":memory:" and not os.path.isabs(path):
+            return "sqlite:///" + str(pathlib.Path(root) / path)
+    return url
+
+
+def create_app(config=None):
+    """The application factory."""
+    app = Flask(__name__, template_folder="templates", static_folder="static")
+    app.config.update(settings_from_env())
+    app.config.update(config or {})
+    app.config["DATABASE_URL"] = _resolve_sqlite_path(app.config["DATABASE_URL"], HERE)
+    app.config.setdefault("SECRET_KEY", None)
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = load_secret_key(app.config["DATA_DIR"])
+    os.makedirs(app.config["UPLOAD_DIR"], exist_ok=True)
+
+    init_database(app)
+    csrf.init_app(app)
+    init_login(app)
+    init_security_headers(app)
+
+    from admin_views import init_admin
+    init_admin(app)
+
+    import cli
+    cli.init_cli(app)
+    return app
+
+
+def init_database(app):
+    database.initialize(models.make_database(app.config["DATABASE_URL"]))
+
+    @app.before_request
+    def _connect():
+        database.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close(exc):
+        if not database.is_closed():
+            database.close()
+
+
+def init_login(app):
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.sign_in"
+    login_manager.login_message = "Please sign in to continue."
+    login_manager.session_protection = None  # server-side sessions do this job
+
+    @login_manager.user_loader
+    def load_session(session_id):
+        return load_user_for_session(session_id)
+
+
+def load_user_for_session(session_id):
+    """The user of a live server-side session, or None (revoked, idle, too old)."""
+    now = utcnow()
+    row = (UserSession.select(UserSession, User).join(User)
+           .where((UserSession.id == session_id) & UserSession.revoked_at.is_null()
+                  & User.is_active).first())
+    if row is None or now - row.created_at > ABSOLUTE_TIMEOUT:
+        return None
+    last_seen = session.get("last_seen")
+    if last_seen is not None and now.timestamp() - last_seen > IDLE_TIMEOUT.total_seconds():
+        return None
+    session["last_seen"] = now.timestamp()
+    user = row.user
+    user._session_id = row.id
+    user._session = row
+    return user
+
+
+CSP = ("default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}' "
+       "'unsafe-inline'; img-src 'self' data: {tiles}; font-src 'self'; connect-src 'self'; "
+       "frame-ancestors 'none'; base-uri 'self'; form-action 'self'; object-src 'none'")
+
+
+def init_security_headers(app):
+    tile_host = app.config["TILE_URL"].split("/{")[0].rsplit("/", 0)[0]
+    tiles = "/".join(tile_host.split("/")[:3])
+
+    @app.before_request
+    def _nonce():
+        g.csp_nonce = secrets.token_urlsafe(16)
+
+    @app.after_request
+    def _headers(response):
+        nonce = getattr(g, "csp_nonce", "")
+        response.headers.setdefault("Content-Security-Policy", CSP.format(nonce=nonce, tiles=tiles))
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "same-origin"
+        response.headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        if request.is_secure or app.config["SESSION_COOKIE_SECURE"]:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        if not request.path.startswith(("/static/", "/admin/static/", "/directory", "/hsds")):
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["Pragma"] = "no-cache"
+        return response
+
+
+def csp_nonce():
+    return getattr(g, "csp_nonce", "")

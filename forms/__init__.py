@@ -1,0 +1,1 @@
+"""WTForms forms of the custom views (Flask-WTF: CSRF on every POST)."""
