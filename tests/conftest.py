@@ -375,3 +375,64 @@ def sms_api(monkeypatch):
 def deliver_outbox():
     from messaging import deliver_pending
     return deliver_pending()
+
+
+# ---------------------------------------------------------------------------
+# A live server and a real browser (Debian's chromium driven by Playwright), axe-core.
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def live_server(app):
+    """The app served on 127.0.0.1:<free port> in a thread; yields its base URL."""
+    from werkzeug.serving import make_server
+    port = free_port()
+    app.config["BASE_URL"] = f"http://127.0.0.1:{port}"
+    server = make_server("127.0.0.1", port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{port}"
+    server.shutdown()
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def page(live_server):
+    """A Playwright page in Debian's chromium (no browser download)."""
+    if not os.path.exists(CHROMIUM):
+        if IN_CI:
+            pytest.fail("chromium is missing in CI")
+        pytest.skip("chromium not installed")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        context = browser.new_context(base_url=live_server, viewport={"width": 1280, "height": 900})
+        pg = context.new_page()
+        pg.set_default_timeout(10000)
+        yield pg
+        context.close()
+        browser.close()
+
+
+ARTIFACTS = os.path.join(os.path.dirname(__file__), "artifacts")
+
+
+def check_accessibility(pg, name):
+    """R-UX-1: axe-core on the current screen, no serious or critical violation; screenshot kept."""
+    from axe_playwright_python.sync_playwright import Axe
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    pg.screenshot(path=os.path.join(ARTIFACTS, f"{name}.png"), full_page=True)
+    results = Axe().run(pg)
+    bad = [v for v in results.response["violations"] if v.get("impact") in ("serious", "critical")]
+    assert not bad, f"{name}: " + "; ".join(
+        f"{v['id']}: {v['help']} ({[n['target'] for n in v['nodes']][:3]})" for v in bad)
+
+
+def ui_login(pg, email_address, password=PASSWORD):
+    pg.goto("/auth/sign-in")
+    pg.get_by_label("Email").fill(email_address)
+    pg.get_by_label("Password").fill(password)
+    pg.get_by_role("button", name="Sign in").click()
