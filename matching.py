@@ -45,22 +45,38 @@ def split_name(text):
 
 
 def search_subjects(name, dob=None, limit=SEARCH_LIMIT):
-    """Subjects whose names start like the search, statewide (the caller filters what
-    may be shown). One word matches a first or last name; two words either order."""
+    """Subjects whose names start like the search, statewide (the caller filters what may
+    be shown), as a list. One word: last-name matches, then first-name matches; two words:
+    first and last name in either order. Each query walks one index in its own order and
+    stops at `limit` (no sort of every match)."""
     tokens = split_name(name)
     if not tokens:
-        return Subject.select().where(Subject.id.is_null())
+        return []
+    base = Subject.select()
+    if dob:
+        base = base.where(Subject.dob == dob)
     if len(tokens) == 1:
-        t = tokens[0]
-        cond = _prefix_range(Subject.last_norm, t) | _prefix_range(Subject.first_norm, t)
+        queries = [
+            base.where(_prefix_range(Subject.last_norm, tokens[0]))
+                .order_by(Subject.last_norm, Subject.first_norm),
+            base.where(_prefix_range(Subject.first_norm, tokens[0]))
+                .order_by(Subject.first_norm, Subject.last_norm)]
     else:
         first, last = tokens
-        cond = ((_prefix_range(Subject.first_norm, first) & _prefix_range(Subject.last_norm, last))
-                | (_prefix_range(Subject.first_norm, last) & _prefix_range(Subject.last_norm, first)))
-    query = Subject.select().where(cond)
-    if dob:
-        query = query.where(Subject.dob == dob)
-    return query.order_by(Subject.last_norm, Subject.first_norm, Subject.id).limit(limit)
+        queries = [
+            base.where(_prefix_range(Subject.last_norm, last) & _prefix_range(Subject.first_norm, first))
+                .order_by(Subject.last_norm, Subject.first_norm),
+            base.where(_prefix_range(Subject.last_norm, first) & _prefix_range(Subject.first_norm, last))
+                .order_by(Subject.last_norm, Subject.first_norm)]
+    found, seen = [], set()
+    for query in queries:
+        if len(found) >= limit:
+            break
+        for subject in query.limit(limit - len(found)):
+            if subject.id not in seen:
+                seen.add(subject.id)
+                found.append(subject)
+    return found
 
 
 def dob_variants(dob):
@@ -154,7 +170,7 @@ def likely_duplicates(first_name, last_name, dob, phone="", limit=DUPLICATE_LIMI
         queries.append(Subject.select(*columns).where(Subject.phone_digits == phone_digits))
     seen, scored = set(), []
     for query in queries:
-        for cand in query.limit(CANDIDATE_LIMIT):
+        for cand in query.limit(CANDIDATE_LIMIT).namedtuples():
             if cand.id in seen:
                 continue
             seen.add(cand.id)
