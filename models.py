@@ -750,6 +750,18 @@ class Roi(TimestampedModel):
         return [row.program_id for row in self.roi_programs]
 
     @classmethod
+    def visible_to(cls, user, program):
+        """ROIs the acting program may see: those it started, and signed (or once signed)
+        ones that name it (R-ROI-3). Administrators see all."""
+        if user.is_admin and program is None:
+            return cls.select()
+        if program is None:
+            return cls.select().where(cls.id.is_null())
+        named = RoiProgram.select(RoiProgram.roi).where(RoiProgram.program == program)
+        return cls.select().where((cls.program == program)
+                                  | (cls.id.in_(named) & cls.signed_at.is_null(False)))
+
+    @classmethod
     def valid_for(cls, subject, program, day=None):
         """Signed, unexpired, unrevoked ROIs of `subject` that name `program` (R-ROI-1)."""
         day = day or local_today()
