@@ -31,8 +31,8 @@ from models import (
 HSDS_VERSION = "3.0"
 OPENAPI_URL = "https://raw.githubusercontent.com/openreferral/specification/3.0/schema/openapi.json"
 SCHEMA_DIR = pathlib.Path(__file__).resolve().parent / "hsds_schema"  # the standard's tables
-# Fixed so ids survive database rebuilds; a second deployment sharing data with this one
-# sets its own HSDS_ID_NAMESPACE so the two never mint the same id.
+# Ids are uuid5 in a namespace of the deployment (its BASE_URL), so two CONNECT networks
+# never mint the same id for their agency 1; HSDS_ID_NAMESPACE pins it (a domain move).
 DEFAULT_NAMESPACE = "1845e918-9c77-5884-a812-aaeff1b4a2f2"
 DEFAULT_PER_PAGE = 50
 MAX_PER_PAGE = 200
@@ -56,7 +56,12 @@ TELEMEDICINE_CODE = "telemedicine"
 # ---------------------------------------------------------------------------
 
 def namespace():
-    return uuid.UUID(os.environ.get("HSDS_ID_NAMESPACE") or DEFAULT_NAMESPACE)
+    if os.environ.get("HSDS_ID_NAMESPACE"):
+        return uuid.UUID(os.environ["HSDS_ID_NAMESPACE"])
+    base_url = os.environ.get("BASE_URL", "").rstrip("/")
+    if base_url:
+        return uuid.uuid5(uuid.NAMESPACE_URL, base_url + "/hsds")
+    return uuid.UUID(DEFAULT_NAMESPACE)
 
 
 def hsds_id(*parts):

@@ -244,7 +244,7 @@ def test_hsds_is_read_only(app, directory):
 
 def test_hsds_ids_are_stable_uuid5(app, directory):
     """Ids are uuid5 of our ids (or the source's own UUID), the same on every export."""
-    ns = uuid.UUID(hsds.DEFAULT_NAMESPACE)
+    ns = hsds.namespace()
     assert hsds.service_id(directory.a1) == str(uuid.uuid5(ns, f"program/{directory.a1.id}"))
     assert hsds.organization_id(directory.agency_a) == str(uuid.uuid5(ns, f"agency/{directory.agency_a.id}"))
     external = str(uuid.uuid4())
@@ -252,6 +252,19 @@ def test_hsds_ids_are_stable_uuid5(app, directory):
     assert hsds.service_id(models.Program.get_by_id(directory.b1.id)) == external
     client = app.test_client()
     assert get_json(client, f"/hsds/services/{external}")["name"] == "Program B1"
+
+
+def test_hsds_ids_differ_between_deployments(app, directory, monkeypatch):
+    """Two networks never mint the same id for their agency 1: the namespace follows
+    BASE_URL unless HSDS_ID_NAMESPACE pins it."""
+    first = hsds.service_id(directory.a1)
+    monkeypatch.setenv("BASE_URL", "https://connect.mt.example")
+    montana = hsds.service_id(directory.a1)
+    monkeypatch.setenv("BASE_URL", "https://connect.ct.example")
+    assert len({first, montana, hsds.service_id(directory.a1)}) == 3
+    pinned = str(uuid.uuid4())
+    monkeypatch.setenv("HSDS_ID_NAMESPACE", pinned)
+    assert hsds.service_id(directory.a1) == str(uuid.uuid5(uuid.UUID(pinned), f"program/{directory.a1.id}"))
 
 
 # ---------------------------------------------------------------------------
