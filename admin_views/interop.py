@@ -34,7 +34,8 @@ def answer(build, *args):
 
 
 class HsdsView(SecureBaseView):
-    """HSDS 3.0: /hsds/services, /organizations, /service_at_locations (+ /{id})."""
+    """HSDS 3.0: /hsds/services, /organizations, /service_at_locations, /taxonomies,
+    /taxonomy_terms, each with /{id}."""
 
     public = True
     show_in_menu = False
@@ -66,6 +67,22 @@ class HsdsView(SecureBaseView):
     @expose("/service_at_locations/<hsds_id>")
     def service_at_location(self, hsds_id):
         return answer(hsds.service_at_location_detail, hsds_id)
+
+    @expose("/taxonomies")
+    def taxonomies(self):
+        return answer(hsds.taxonomies_page, request.args)
+
+    @expose("/taxonomies/<hsds_id>")
+    def taxonomy(self, hsds_id):
+        return answer(hsds.taxonomy_detail, hsds_id)
+
+    @expose("/taxonomy_terms")
+    def taxonomy_terms(self):
+        return answer(hsds.taxonomy_terms_page, request.args)
+
+    @expose("/taxonomy_terms/<hsds_id>")
+    def taxonomy_term(self, hsds_id):
+        return answer(hsds.taxonomy_term_detail, hsds_id)
 
 
 def register(admin):

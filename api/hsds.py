@@ -377,11 +377,22 @@ def bool_param(args, name):
 
 def page_of(query, args, build):
     """One HSDS page of `query` (ordered), items made by build(rows)."""
-    page = int_param(args, "page", 1, 1)
-    per_page = int_param(args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE)
-    total = query.count()
+    page, per_page = _paging(args)
     rows = list(query.paginate(page, per_page))
-    contents = build(rows) if rows else []
+    return _envelope(build(rows) if rows else [], query.count(), page, per_page)
+
+
+def page_of_list(items, args):
+    page, per_page = _paging(args)
+    return _envelope(items[(page - 1) * per_page:page * per_page], len(items), page, per_page)
+
+
+def _paging(args):
+    return (int_param(args, "page", 1, 1),
+            int_param(args, "per_page", DEFAULT_PER_PAGE, 1, MAX_PER_PAGE))
+
+
+def _envelope(contents, total, page, per_page):
     total_pages = math.ceil(total / per_page)
     return {"total_items": total, "total_pages": total_pages, "page_number": page,
             "size": len(contents), "first_page": page == 1, "last_page": page >= total_pages,
@@ -486,6 +497,44 @@ def service_at_location_detail(wanted):
     links = load_links([program.id])
     return service_at_location_record(program, organization_id(program.agency), full=True,
                                       service=service_record(program, links, full=True))
+
+
+def all_taxonomy_terms():
+    """Every term we use: service categories and services, insurance, delivery, regions."""
+    services = list(Service.select().order_by(Service.name))
+    terms = [category_term(c) for c in sorted({s.category for s in services})]
+    terms += [service_term(s) for s in services]
+    terms += [insurance_term(i) for i in InsuranceType.select().order_by(InsuranceType.name)]
+    terms.append(telemedicine_term())
+    return terms + [region_term(r) for r in Region.select().order_by(Region.name)]
+
+
+def _matches(record, args):
+    term = (args.get("search") or "").strip().lower()
+    return not term or term in f"{record['name']} {record['description']}".lower()
+
+
+def taxonomies_page(args):
+    items = [taxonomy_record(key) for key in TAXONOMIES]
+    return page_of_list([t for t in items if _matches(t, args)], args)
+
+
+def taxonomy_detail(wanted):
+    return next((taxonomy_record(k) for k in TAXONOMIES if taxonomy_record(k)["id"] == wanted), None)
+
+
+def taxonomy_terms_page(args):
+    terms = [t for t in all_taxonomy_terms() if _matches(t, args)]
+    for key in ("taxonomy_id", "parent_id"):
+        if args.get(key):
+            terms = [t for t in terms if t.get(key) == args[key]]
+    if bool_param(args, "top_only"):
+        terms = [t for t in terms if not t.get("parent_id")]
+    return page_of_list(terms, args)
+
+
+def taxonomy_term_detail(wanted):
+    return next((t for t in all_taxonomy_terms() if t["id"] == wanted), None)
 
 
 def about():

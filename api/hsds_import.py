@@ -438,7 +438,7 @@ class Importer:
         return None, ""
 
     def match_agency(self, org, values):
-        found, how = self._by_id(self.agencies, str(org.get("id") or ""), organization_id)
+        found, how = self._by_id(self.agencies, str(org.get("id") or "")[:100], organization_id)
         if found:
             return found, how
         for agency in self.agencies:
@@ -447,7 +447,7 @@ class Importer:
         return None, ""
 
     def match_program(self, agency, service, values):
-        found, how = self._by_id(self.programs, str(service.get("id") or ""), service_id)
+        found, how = self._by_id(self.programs, str(service.get("id") or "")[:100], service_id)
         if found:
             return found, how
         for program in self.programs:

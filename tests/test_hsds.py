@@ -129,6 +129,29 @@ def test_r_net_2_hsds_endpoints_are_public_valid_hsds(app, directory):
     assert get_json(client, "/hsds/")["version"] == "3.0"
 
 
+def test_hsds_taxonomies_and_terms(app, directory):
+    """/hsds/taxonomies and /hsds/taxonomy_terms resolve the terms that services carry."""
+    client = app.test_client()
+    term_schema = validator("service").schema["properties"]["attributes"]["items"]["properties"]["taxonomy_term"]
+    term_validator = Draft202012Validator(term_schema, format_checker=FormatChecker())
+    taxonomies = get_json(client, "/hsds/taxonomies")["contents"]
+    assert {t["name"] for t in taxonomies} == {name for name, _ in hsds.TAXONOMIES.values()}
+    services_taxonomy = next(t for t in taxonomies if t["name"] == "CONNECT services")
+    assert get_json(client, f"/hsds/taxonomies/{services_taxonomy['id']}") == services_taxonomy
+    terms = get_json(client, f"/hsds/taxonomy_terms?taxonomy_id={services_taxonomy['id']}&per_page=200")
+    assert terms["total_items"] == models.Service.select().count() + len(
+        {s.category for s in models.Service.select()})
+    for term in terms["contents"]:
+        assert not list(term_validator.iter_errors(term))
+    detail = get_json(client, f"/hsds/services/{hsds.service_id(directory.tele)}")
+    used = {a["taxonomy_term_id"] for a in detail["attributes"]}
+    for term_id in used:
+        assert get_json(client, f"/hsds/taxonomy_terms/{term_id}")["id"] == term_id
+    top = get_json(client, "/hsds/taxonomy_terms?top_only=true&search=basic")["contents"]
+    assert [t["name"] for t in top] == ["Basic Needs"]
+    get_json(client, f"/hsds/taxonomy_terms/{uuid.uuid4()}", 404)
+
+
 def test_hsds_list_pages_are_one_to_one_unless_full(app, directory):
     """Lists carry one-to-one fields (openapi service_list); full=true nests everything."""
     client = app.test_client()
