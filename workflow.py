@@ -146,14 +146,16 @@ def sign_in(email, password, ip="", user_agent=""):
     email = (email or "").strip().lower()[:254]
     throttled = _throttled(email, ip)
     user = User.get_or_none(User.email == email)
-    ok = verify_password(user.password_hash if user else None, password or "")
-    ok = ok and not throttled and user is not None and user.is_active
+    # While throttled no password is checked at all (the answer's timing is padded by the view).
+    ok = not throttled and verify_password(user.password_hash if user else None, password or "")
+    ok = ok and user is not None and user.is_active
     with transaction():
         SignInAttempt.create(email=email, ip=ip, success=ok)
         record_audit(Actor(user if ok else None, ip=ip), "sign_in", outcome="ok" if ok else "denied",
                      email=email, detail="throttled" if throttled else "")
-        if not ok:
-            raise RuleViolation(SIGN_IN_THROTTLED if throttled else SIGN_IN_REFUSED, 401)
+    if not ok:  # the refused attempt is committed: it counts for throttling
+        raise RuleViolation(SIGN_IN_THROTTLED if throttled else SIGN_IN_REFUSED, 401)
+    with transaction():
         if needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
         user.last_sign_in_at = utcnow()

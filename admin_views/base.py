@@ -147,6 +147,12 @@ class SecureModelView(AccessMixin, ModelView):
         flash(exc.message, "error")
 
 
+def same_site_referrer():
+    """The page the user came from, only when it is on this site."""
+    referrer = request.referrer or ""
+    return referrer if referrer.startswith(request.host_url) else None
+
+
 def rule_guard(view):
     """Turn RuleViolation into a flash message and a redirect back (screens)."""
 
@@ -158,6 +164,6 @@ def rule_guard(view):
             if exc.status_code == 404:
                 abort(404)
             flash(exc.message, "error")
-            return redirect(request.referrer or request.path)
+            return redirect(same_site_referrer() or request.path)
 
     return wrapper

@@ -188,12 +188,22 @@ def make_program(agency=None, name=None, mou=True, counties=("Gallatin",), servi
     return program
 
 
+_HASHES = {}
+
+
+def _hash_once(password):
+    """argon2id is slow on purpose: hash each test password once per session."""
+    from security import hash_password
+    if password not in _HASHES:
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
 def make_user(role=None, program=None, email=None, name=None, password=PASSWORD, mou=True,
               must_change=False, admin=False, statewide=True, regions=(), active=True):
-    from security import hash_password
     n = _next()
     user = models.User.create(email=email or f"user{n}@example.org", name=name or f"User Number{n}",
-                              password_hash=hash_password(password) if password else None,
+                              password_hash=_hash_once(password) if password else None,
                               must_change_password=must_change, is_admin=admin,
                               admin_statewide=admin and statewide, is_active=active)
     for region in regions:
