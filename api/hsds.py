@@ -12,6 +12,7 @@ import json
 import math
 import os
 import pathlib
+import threading
 import uuid
 
 from peewee import fn
@@ -117,27 +118,45 @@ def with_location(query):
     return query.where((Program.address != "") | Program.latitude.is_null(False))
 
 
+_ID_CACHE = {}
+_ID_LOCK = threading.Lock()
+ID_KINDS = {"organization": (Agency, "agency/{}"), "service": (Program, "program/{}"),
+            "service_at_location": (Program, "program/{}/service_at_location")}
+
+
+def local_id(kind, wanted):
+    """Our row id behind a uuid5 HSDS id. uuid5 cannot be reversed, but the id of row n is
+    always the same: the map is kept per process; a miss reads the ids (an index-only
+    query) and hashes only the rows not seen before."""
+    model, pattern = ID_KINDS[kind]
+    ns = namespace()
+    with _ID_LOCK:
+        cache = _ID_CACHE.setdefault((kind, str(ns)), {"known": set(), "ids": {}})
+        if wanted not in cache["ids"]:
+            for (row_id,) in model.select(model.id).tuples():
+                if row_id not in cache["known"]:
+                    cache["ids"][str(uuid.uuid5(ns, pattern.format(row_id)))] = row_id
+                    cache["known"].add(row_id)
+        return cache["ids"].get(wanted)
+
+
 def find_public(kind, wanted, day=None):
-    """The public program or agency whose HSDS id is `wanted`, else None (a scan of ids:
-    uuid5 cannot be reversed, and the public set is one state's directory)."""
+    """The public agency (organization) or program (service, service_at_location) with
+    HSDS id `wanted` (the source's UUID or our uuid5), else None."""
     if not is_uuid(wanted):
         return None
     if kind == "organization":
-        query, model, make = public_agencies(day), Agency, organization_id
+        query, model = public_agencies(day), Agency
     else:
-        query, model, make = public_programs(day), Program, {
-            "service": service_id, "service_at_location": service_at_location_id}[kind]
+        query, model = public_programs(day), Program
         if kind == "service_at_location":
             query = with_location(query)
     if kind != "service_at_location":
         hit = query.where(model.external_id == wanted).first()
         if hit is not None:
             return hit
-    for row in query.select(model.id, model.external_id).tuples().iterator():
-        stub = model(id=row[0], external_id=row[1])
-        if make(stub) == wanted:
-            return query.where(model.id == row[0]).first()
-    return None
+    row_id = local_id(kind, wanted)
+    return query.where(model.id == row_id).first() if row_id else None
 
 
 # ---------------------------------------------------------------------------
@@ -689,7 +708,8 @@ def register_cli(app):
         """Load organizations, services and locations from HSDS 3.0 JSON or CSV, without MOUs."""
         from api.hsds_import import import_path
         with database.connection_context():
-            report = import_path(path, source=source, default_region=default_region)
+            report = import_path(path, source=source, default_region=default_region,
+                                 progress=lambda message: click.echo(message, err=True))
         click.echo(report.text())
         if report.fatal:
             raise SystemExit(1)

@@ -35,6 +35,7 @@ CSV_TABLES = ("organizations.csv", "services.csv", "locations.csv", "addresses.c
               "taxonomy_terms.csv", "taxonomies.csv")
 INACTIVE = {"inactive", "defunct"}
 MAX_SOURCE_BYTES = 200 * 1024 * 1024
+BATCH = 50  # organizations per transaction
 
 
 class SourceError(Exception):
@@ -410,11 +411,34 @@ def _hours(schedules, fields):
 IMPORT_ACTOR = Actor(None, None, "cli")
 
 
+class Index:
+    """Agencies or programs by source id, by our HSDS id and by name key: matching stays
+    a dictionary look-up when a 211 sends thousands of records."""
+
+    def __init__(self, rows, make_id):
+        self.make_id = make_id
+        self.by_source, self.by_source_uuid, self.by_hsds_id = {}, {}, {}
+        self.by_name = collections.defaultdict(dict)  # (agency id or None, name key) -> {id: row}
+        for row in rows:
+            self.add(row)
+
+    def named(self, name, agency=None):
+        return list(self.by_name[(agency.id if agency else None, _key(name))].values())
+
+    def add(self, row):
+        if row.external_id:
+            self.by_source[(row.external_source, row.external_id)] = row
+            if is_uuid(row.external_id):
+                self.by_source_uuid.setdefault(row.external_id, row)
+        self.by_hsds_id.setdefault(self.make_id(row), row)
+        self.by_name[(getattr(row, "agency_id", None), _key(row.name))][row.id] = row
+
+
 class Importer:
     def __init__(self, source, default_region, report):
         self.source, self.default_region, self.report = source[:100], default_region, report
-        self.agencies = list(Agency.select().order_by(Agency.id))
-        self.programs = list(Program.select().order_by(Program.id))
+        self.agencies = Index(Agency.select().order_by(Agency.id), organization_id)
+        self.programs = Index(Program.select().order_by(Program.id), service_id)
         self.services = {_key(s.name): s for s in Service.select()}
         self.service_codes = {s.code.lower(): s for s in Service.select() if s.code}
         self.insurance = {_key(i.name): i for i in InsuranceType.select()}
@@ -426,33 +450,32 @@ class Importer:
 
     # -- matching ---------------------------------------------------------
 
-    def _by_id(self, rows, wanted, make_id):
+    def _by_id(self, index, wanted):
         if not wanted:
             return None, ""
-        for row in rows:
-            if row.external_id == wanted and (row.external_source == self.source or is_uuid(wanted)):
-                return row, "by its id in the source"
-        for row in rows:
-            if make_id(row) == wanted:
-                return row, "by its CONNECT id"
+        found = index.by_source.get((self.source, wanted)) or (
+            index.by_source_uuid.get(wanted) if is_uuid(wanted) else None)
+        if found:
+            return found, "by its id in the source"
+        if wanted in index.by_hsds_id:
+            return index.by_hsds_id[wanted], "by its CONNECT id"
         return None, ""
 
     def match_agency(self, org, values):
-        found, how = self._by_id(self.agencies, str(org.get("id") or "")[:100], organization_id)
+        found, how = self._by_id(self.agencies, str(org.get("id") or "")[:100])
         if found:
             return found, how
-        for agency in self.agencies:
-            if _key(agency.name) == _key(values["name"]) and _same_place(agency, values):
+        for agency in self.agencies.named(values["name"]):
+            if _same_place(agency, values):
                 return agency, "by name and city"
         return None, ""
 
     def match_program(self, agency, service, values):
-        found, how = self._by_id(self.programs, str(service.get("id") or "")[:100], service_id)
+        found, how = self._by_id(self.programs, str(service.get("id") or "")[:100])
         if found:
             return found, how
-        for program in self.programs:
-            if (program.agency_id == agency.id and _key(program.name) == _key(values["name"])
-                    and _same_place(program, values)):
+        for program in self.programs.named(values["name"], agency):
+            if _same_place(program, values):
                 return program, "by name and city"
         return None, ""
 
@@ -542,54 +565,54 @@ class Importer:
         fields.values["telemedicine"] = telemedicine or virtual
         return fields, (list(dict.fromkeys(counties)), services, insurance)
 
-    def run(self, organizations):
-        for org in organizations:
-            if not isinstance(org, dict):
-                continue
-            try:
-                self.import_organization(org)
-            except Exception as exc:  # noqa: BLE001 - one bad record never stops the import
-                self.report.add("organization", _name(org), "refused",
-                                f"could not be saved ({type(exc).__name__}: {str(exc)[:200]})",
-                                source_id=str(org.get("id") or ""))
-                for service in _dicts(org.get("services")):
-                    self.report.add("service", _name(service), "refused",
-                                    "its organization could not be saved",
-                                    source_id=str(service.get("id") or ""))
+    def run(self, organizations, progress=None):
+        """Batches of organizations, one transaction each (short enough not to hold up the
+        screens' writers), each organization a savepoint: a failure undoes that one only."""
+        organizations = [org for org in organizations if isinstance(org, dict)]
+        for start in range(0, len(organizations), BATCH):
+            pending = []
+            with transaction():
+                for org in organizations[start:start + BATCH]:
+                    pending += self.import_organization(org)
+            for entry in pending:
+                self.report.add(*entry)
+            if progress:
+                progress(f"... {min(start + BATCH, len(organizations))} of {len(organizations)} "
+                         "organizations done")
 
     def import_organization(self, org):
+        """Report entries of one organization and its services (saved in one savepoint)."""
         source_id = str(org.get("id") or "")[:100]
         services = _dicts(org.get("services"))
+
+        def refuse_all(reason, service_reason):
+            return [("organization", _name(org), "refused", reason, (), source_id)] + [
+                ("service", _name(s), "refused", service_reason, (), str(s.get("id") or ""))
+                for s in services]
         try:
             fields = agency_fields(org)
             agency, how = self.match_agency(org, fields.values)
             region = None if agency else self.region_for(org)
         except Refused as exc:
-            self.report.add("organization", _name(org), "refused", str(exc), source_id=source_id)
-            for service in services:
-                self.report.add("service", _name(service), "refused", "its organization was refused",
-                                source_id=str(service.get("id") or ""))
-            return
-        entries = []
-        with transaction():
-            if agency is None:
-                agency = Agency.create(region=region, external_id=source_id,
-                                       external_source=self.source, **fields.values)
-                record_audit(IMPORT_ACTOR, "import_hsds_create", agency, detail=self._detail(source_id))
-                entries.append(("organization", fields.values["name"], "created",
-                                f"in {region.name}", fields.warnings, source_id))
-                created = True
-            else:
-                self._remember(agency, source_id)
-                entries.append(("organization", agency.name, "matched",
-                                f"{how}; our record kept as it is", (), source_id))
-                created = False
-            for service in services:
-                entries.append(self.import_service(agency, service))
-        if created:
-            self.agencies.append(agency)
-        for entry in entries:
-            self.report.add(*entry)
+            return refuse_all(str(exc), "its organization was refused")
+        try:
+            with database.atomic():
+                if agency is None:
+                    agency = Agency.create(region=region, external_id=source_id,
+                                           external_source=self.source, **fields.values)
+                    record_audit(IMPORT_ACTOR, "import_hsds_create", agency, detail=self._detail(source_id))
+                    entries = [("organization", fields.values["name"], "created", f"in {region.name}",
+                                fields.warnings, source_id)]
+                else:
+                    self._remember(agency, source_id)
+                    entries = [("organization", agency.name, "matched",
+                                f"{how}; our record kept as it is", (), source_id)]
+                entries += [self.import_service(agency, service) for service in services]
+        except Exception as exc:  # noqa: BLE001 - one bad record never stops the import
+            return refuse_all(f"could not be saved ({type(exc).__name__}: {str(exc)[:200]})",
+                              "its organization could not be saved")
+        self.agencies.add(agency)
+        return entries
 
     def import_service(self, agency, service):
         source_id = str(service.get("id") or "")[:100]
@@ -610,7 +633,7 @@ class Importer:
                 for item in insurance:
                     ProgramInsurance.create(program=program, insurance_type=item)
                 record_audit(IMPORT_ACTOR, "import_hsds_create", program, detail=self._detail(source_id))
-            self.programs.append(program)
+            self.programs.add(program)
             return ("service", program.name, "created", f"program of {agency.name}, no Agency MOU yet",
                     fields.warnings, source_id)
         except Refused as exc:
@@ -621,10 +644,11 @@ class Importer:
 
     def _remember(self, row, source_id):
         """Keep the source's id on a matched record so the next import matches by id."""
-        if source_id and not row.external_id and source_id != (
-                organization_id(row) if isinstance(row, Agency) else service_id(row)):
+        index = self.agencies if isinstance(row, Agency) else self.programs
+        if source_id and not row.external_id and source_id != index.make_id(row):
             row.external_id, row.external_source = source_id, self.source
             row.save(only=[type(row).external_id, type(row).external_source])
+            index.add(row)
             record_audit(IMPORT_ACTOR, "import_hsds_match", row, detail=self._detail(source_id))
 
     def _detail(self, source_id):
@@ -653,8 +677,9 @@ def _same_place(row, values):
     return True
 
 
-def import_path(path, source=None, default_region=None):
-    """Read and import `path`; always returns a Report (report.fatal when nothing could be read)."""
+def import_path(path, source=None, default_region=None, progress=None):
+    """Read and import `path`; always returns a Report (report.fatal when nothing could be
+    read). `progress(message)` hears how far a long import has come."""
     report = Report()
     region = None
     if default_region:
@@ -672,5 +697,5 @@ def import_path(path, source=None, default_region=None):
     except (OSError, RecursionError) as exc:
         report.fatal = f"{path} cannot be read ({exc})."
         return report
-    Importer(source or pathlib.Path(path).resolve().name, region, report).run(organizations)
+    Importer(source or pathlib.Path(path).resolve().name, region, report).run(organizations, progress)
     return report

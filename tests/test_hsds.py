@@ -91,7 +91,8 @@ def directory(app):
 # ---------------------------------------------------------------------------
 
 def test_r_net_2_hsds_endpoints_are_public_valid_hsds(app, directory):
-    """R-NET-2: /hsds answers without sign-in, cacheable, valid against the compiled schemas."""
+    """R-NET-2: /hsds answers without sign-in, cacheable, valid against the compiled schemas;
+    R-NET-1: each program's counties, services, insurance types and telemedicine are there."""
     client = app.test_client()
     response = client.get("/hsds/services?full=true")
     assert response.status_code == 200
