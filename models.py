@@ -350,6 +350,9 @@ class Agency(TimestampedModel):
     website = CharField(max_length=300, default="")
     description = TextField(default="")
     active = BooleanField(default=True)
+    # Where an imported record came from (import-hsds): its id there, to match it again.
+    external_id = CharField(max_length=100, default="", index=True)
+    external_source = CharField(max_length=100, default="")
 
     def __str__(self):
         return self.name
@@ -382,6 +385,9 @@ class Program(TimestampedModel):
     # directory searches filter on one indexed column (R-MOU-3).
     mou_valid_until = DateField(null=True, index=True)
     updated_at = DateTimeField(default=utcnow)
+    # Where an imported record came from (import-hsds): its id there, to match it again.
+    external_id = CharField(max_length=100, default="", index=True)
+    external_source = CharField(max_length=100, default="")
 
     class Meta:
         indexes = ((("agency", "name"), False),)
