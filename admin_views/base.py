@@ -9,11 +9,12 @@ signed-in users without the permission get 403. Row filtering goes through one
 
 import functools
 
-from flask import abort, flash, g, redirect, request, session, url_for
+from flask import abort, current_app, flash, g, redirect, request, session, url_for
 from flask_admin import BaseView, expose  # noqa: F401  (re-exported for view modules)
 from flask_admin.contrib.peewee import ModelView
-from flask_admin.form import SecureForm
+from flask_admin.form import BaseForm
 from flask_login import current_user
+from flask_wtf.csrf import _FlaskFormCSRF
 
 from models import Membership, Program, local_today
 from workflow import Actor, RuleViolation, audit_denial
@@ -103,6 +104,25 @@ class AccessMixin:
 
 class SecureBaseView(AccessMixin, BaseView):
     """A custom screen behind the gate."""
+
+
+class SecureForm(BaseForm):
+    """Flask-Admin forms carrying Flask-WTF's CSRF token: the one CSRFProtect checks on
+    every POST (Flask-Admin's own SecureForm token would be refused by CSRFProtect)."""
+
+    class Meta(BaseForm.Meta):
+        csrf = True
+        csrf_class = _FlaskFormCSRF
+        csrf_field_name = "csrf_token"
+        csrf_context = session
+
+        @property
+        def csrf_secret(self):
+            return current_app.config.get("WTF_CSRF_SECRET_KEY", current_app.secret_key)
+
+        @property
+        def csrf_time_limit(self):
+            return current_app.config.get("WTF_CSRF_TIME_LIMIT", 3600)
 
 
 class SecureModelView(AccessMixin, ModelView):
