@@ -148,12 +148,15 @@ def sign_in(email, password, ip="", user_agent=""):
     user = User.get_or_none(User.email == email)
     ok = verify_password(user.password_hash if user else None, password or "")
     ok = ok and not throttled and user is not None and user.is_active
+    if not ok:  # the failure is recorded (and committed) before the refusal
+        with transaction():
+            SignInAttempt.create(email=email, ip=ip, success=False)
+            record_audit(Actor(None, ip=ip), "sign_in", outcome="denied", email=email,
+                         detail="throttled" if throttled else "")
+        raise RuleViolation(SIGN_IN_THROTTLED if throttled else SIGN_IN_REFUSED, 401)
     with transaction():
-        SignInAttempt.create(email=email, ip=ip, success=ok)
-        record_audit(Actor(user if ok else None, ip=ip), "sign_in", outcome="ok" if ok else "denied",
-                     email=email, detail="throttled" if throttled else "")
-        if not ok:
-            raise RuleViolation(SIGN_IN_THROTTLED if throttled else SIGN_IN_REFUSED, 401)
+        SignInAttempt.create(email=email, ip=ip, success=True)
+        record_audit(Actor(user, ip=ip), "sign_in", email=email)
         if needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
         user.last_sign_in_at = utcnow()
@@ -184,10 +187,11 @@ def _check_new_password(user, new_password):
         raise RuleViolation(" ".join(problems), 422)
 
 
-def change_password(actor, current_password, new_password, keep_session=None):
-    """Change one's password (the current one is needed); other sessions end."""
+def change_password(actor, current_password, new_password, user_agent=""):
+    """Change one's password (the current one is needed). Every session ends, a copied
+    cookie included (R-AUTH-6); the caller continues in the new session returned."""
     from models import UserSession
-    from security import hash_password, verify_password
+    from security import hash_password, new_session_id, verify_password
 
     user = actor.user
     if not verify_password(user.password_hash, current_password or ""):
@@ -199,12 +203,11 @@ def change_password(actor, current_password, new_password, keep_session=None):
         user.password_changed_at = utcnow()
         user.link_version += 1
         user.save()
-        query = UserSession.update(revoked_at=utcnow()).where(
-            (UserSession.user == user) & UserSession.revoked_at.is_null())
-        if keep_session:
-            query = query.where(UserSession.id != keep_session)
-        query.execute()
+        revoke_sessions(user)
+        session = UserSession.create(id=new_session_id(), user=user, ip=actor.ip,
+                                     user_agent=(user_agent or "")[:300])
         record_audit(actor, "change_password", user)
+    return session
 
 
 def issue_link(user, purpose, secret_key, base_url, actor=None):
