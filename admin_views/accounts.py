@@ -205,10 +205,6 @@ class MembershipView(SecureModelView):
         programs = programs_managed_by(current_user).select(Program.id)
         return Membership.select().where(Membership.program.in_(programs))
 
-    def get_query(self):
-        return self.visible_query().join(User, on=(Membership.user == User.id)).switch(Membership) \
-            .join(Program, on=(Membership.program == Program.id)).switch(Membership)
-
     def get_create_form(self):
         return MembershipForm
 
@@ -260,9 +256,6 @@ class UserMouView(ReadOnlyView):
     def visible_query(self):
         return UserMou.select().where(UserMou.user.in_(users_managed_by(current_user).select(User.id)))
 
-    def get_query(self):
-        return self.visible_query().join(User)
-
 
 class AgencyMouView(ReadOnlyView):
     permission = "manage_network"
@@ -279,9 +272,6 @@ class AgencyMouView(ReadOnlyView):
     def visible_query(self):
         programs = programs_managed_by(current_user).select(Program.id)
         return AgencyMou.select().where(AgencyMou.program.in_(programs))
-
-    def get_query(self):
-        return self.visible_query().join(Program)
 
 
 def _masked_body(view, context, model, name):

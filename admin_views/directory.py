@@ -7,9 +7,9 @@ from flask_admin.contrib.peewee.filters import BasePeeweeFilter
 from flask_admin.contrib.peewee.form import save_inline
 from markupsafe import Markup, escape
 from wtforms.validators import NumberRange, Optional, Regexp
-from wtfpeewee.fields import SelectMultipleQueryField
 
 import workflow
+from forms.accounts import StrictSelectMultipleQueryField
 from admin_views.base import SecureModelView, current_actor
 from flask_login import current_user
 from models import (
@@ -198,9 +198,9 @@ class ProgramView(RecordView):
         "email": {"validators": [Optional(), EMAIL_CHECK]},
     }
     form_extra_fields = {
-        "counties_served": SelectMultipleQueryField("Counties served", query=County.select().order_by(County.name)),
-        "services_offered": SelectMultipleQueryField("Services", query=Service.select().order_by(Service.name)),
-        "insurance_accepted": SelectMultipleQueryField(
+        "counties_served": StrictSelectMultipleQueryField("Counties served", query=County.select().order_by(County.name)),
+        "services_offered": StrictSelectMultipleQueryField("Services", query=Service.select().order_by(Service.name)),
+        "insurance_accepted": StrictSelectMultipleQueryField(
             "Insurance accepted", query=InsuranceType.select().order_by(InsuranceType.name)),
     }
     LINKS = ("counties_served", "services_offered", "insurance_accepted")
@@ -252,8 +252,11 @@ class IntakeSectionView(RecordView):
     column_sortable_list = (("program", Program.name), "title", "position")
     column_default_sort = "position"
     form_columns = ("program", "title", "position")
-    inline_models = [(IntakeQuestion, {"form_columns": ("id", "label", "kind", "choices", "required",
-                                                        "info_type", "position")})]
+    inline_models = [(IntakeQuestion, {
+        "form_columns": ("id", "label", "kind", "choices", "required", "info_type", "position"),
+        "form_args": {"id": {"validators": [Optional()]}},
+        "form_label": "Questions",
+        "column_labels": {"info_type": "Information type", "choices": "Choices (one per line)"}})]
     column_formatters = {"questions": lambda v, c, m, n: ", ".join(q.label for q in m.questions)}
 
     @property

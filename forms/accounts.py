@@ -3,10 +3,25 @@
 from flask_wtf import FlaskForm
 from wtforms import BooleanField, EmailField, HiddenField, IntegerField, SelectField, StringField
 from wtforms.validators import DataRequired, Email, Length, Optional, Regexp
-from wtfpeewee.fields import SelectQueryField, SelectMultipleQueryField
+from wtforms.validators import ValidationError
+from wtfpeewee.fields import SelectMultipleQueryField, SelectQueryField
 
 from admin_views.base import SecureForm
 from models import ROLE_LABELS, Program, Region, User
+
+class StrictSelectMultipleQueryField(SelectMultipleQueryField):
+    """A multiple choice whose every submitted id must be offered: unknown or foreign ids are
+    refused with a message instead of being dropped silently."""
+
+    def process_formdata(self, valuelist):
+        super().process_formdata(valuelist)
+        self._raw = [value for value in valuelist if value != ""]
+
+    def pre_validate(self, form):
+        super().pre_validate(form)
+        if len(set(getattr(self, "_raw", []))) != len(self.data):
+            raise ValidationError("Not a valid choice.")
+
 
 ROLE_CHOICES = [("", "Choose a role"), ("gatekeeper", ROLE_LABELS["gatekeeper"]),
                 ("provider", ROLE_LABELS["provider"])]
@@ -27,7 +42,7 @@ class InviteUserForm(SecureForm):
     role = SelectField("Role in the program", choices=ROLE_CHOICES, validate_choice=True, default="")
     is_admin = BooleanField("Designated administrator")
     admin_statewide = BooleanField("Statewide administrator (otherwise only the regions below)")
-    regions = SelectMultipleQueryField("Administrator's regions", query=Region.select())
+    regions = StrictSelectMultipleQueryField("Administrator's regions", query=Region.select())
 
     def validate(self, extra_validators=None):
         ok = super().validate(extra_validators)
@@ -45,7 +60,7 @@ class EditUserForm(SecureForm):
     phone = StringField("Phone", validators=[Optional(), Length(max=30), PHONE])
     is_admin = BooleanField("Designated administrator")
     admin_statewide = BooleanField("Statewide administrator (otherwise only the regions below)")
-    regions = SelectMultipleQueryField("Administrator's regions", query=Region.select())
+    regions = StrictSelectMultipleQueryField("Administrator's regions", query=Region.select())
 
 
 class MembershipForm(SecureForm):
