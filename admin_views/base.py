@@ -102,6 +102,18 @@ class AccessMixin:
         return self.show_in_menu and self.is_accessible()
 
 
+MAX_ID = 2 ** 63 - 1
+
+
+def _as_id(raw):
+    """A database id from the browser, or None (malformed, negative or out of range)."""
+    try:
+        key = int(str(raw).strip())
+    except (TypeError, ValueError):
+        return None
+    return key if 0 < key <= MAX_ID else None
+
+
 class SecureBaseView(AccessMixin, BaseView):
     """A custom screen behind the gate."""
 
@@ -146,21 +158,18 @@ class SecureModelView(AccessMixin, ModelView):
         return self.visible_query()
 
     def get_one(self, id):
-        """Flask-Admin's peewee get_one skips get_query: filter here too (404 otherwise)."""
-        try:
-            key = int(id)
-        except (TypeError, ValueError):
-            return None
-        return self.visible_query().where(self.model.id == key).first()
+        """Flask-Admin's peewee get_one skips get_query: filter here too. A missing, malformed
+        or foreign id answers 404 (the same for all three) and the attempt is audited."""
+        key = _as_id(id)
+        row = self.visible_query().where(self.model.id == key).first() if key is not None else None
+        if row is None:
+            audit_denial(current_actor(), f"{self.endpoint}.get_one", detail=f"id {str(id)[:40]}")
+            abort(404)
+        return row
 
     def _ids(self, ids):
         """Action ids from the browser: only those the user may see, as ints."""
-        clean = []
-        for raw in ids:
-            try:
-                clean.append(int(raw))
-            except (TypeError, ValueError):
-                continue
+        clean = [key for key in map(_as_id, ids) if key is not None]
         return list(self.visible_query().where(self.model.id.in_(clean))) if clean else []
 
     def handle_rule_violation(self, exc):

@@ -128,7 +128,7 @@ def test_gatekeeper_edits_own_program_intake_sections_only(app, network):
     gk.login(network.gk_a1)
     page = gk.get("/admin/intake-sections/").get_data(as_text=True)
     assert "Own" in page and "Other" not in page
-    assert gk.get(f"/admin/intake-sections/edit/?id={other.id}").status_code in (302, 404)
+    assert gk.get(f"/admin/intake-sections/edit/?id={other.id}").status_code == 404
     r = gk.post(f"/admin/intake-sections/edit/?id={own.id}", {"program": network.a1.id, "title": "Own renamed",
                                                               "position": "0"},
                 token_from=f"/admin/intake-sections/edit/?id={own.id}")
@@ -236,8 +236,7 @@ def test_regional_coordinator_sees_only_their_regions(coordinator, network, view
     assert own_row.name in page and foreign_row.name not in page
     assert coordinator.get(f"/admin/{view}/details/?id={own_row.id}").status_code == 200
     for url in (f"/admin/{view}/details/?id={foreign_row.id}", f"/admin/{view}/edit/?id={foreign_row.id}"):
-        response = coordinator.get(url)
-        assert response.status_code == 302 and f"/admin/{view}/" in response.headers["Location"]
+        assert coordinator.get(url).status_code == 404
 
 
 def test_regional_coordinator_cannot_reach_other_regions(coordinator, network):
