@@ -52,7 +52,9 @@ class Actor:
 def _clean_log_value(value):
     """Newlines and control characters are encoded so one event stays one line."""
     text = str(value or "")
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")[:2000]
+    text = text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    # Other control characters (NUL is refused by PostgreSQL text) are written as \xNN.
+    return "".join(ch if ch >= " " or ch == "\t" else f"\\x{ord(ch):02x}" for ch in text)[:2000]
 
 
 def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",

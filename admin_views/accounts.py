@@ -123,7 +123,7 @@ class UserView(SecureModelView):
     def create_model(self, form):
         statewide = "is_admin" in form
         try:
-            return workflow.invite_user(
+            user = workflow.invite_user(
                 current_actor(), form.email.data, form.name.data, phone=form.phone.data,
                 program=form.program.data, role=form.role.data or None,
                 is_admin=statewide and form.is_admin.data,
@@ -133,10 +133,8 @@ class UserView(SecureModelView):
         except workflow.RuleViolation as exc:
             flash(exc.message, "error")
             return False
-
-    def after_model_change(self, form, model, is_created):
-        if is_created:
-            flash(f"Invitation email queued for {model.email}.", "success")
+        flash(f"Invitation email queued for {user.email}.", "success")
+        return user
 
     def update_model(self, form, model):
         scope = "is_admin" in form
