@@ -147,6 +147,9 @@ class SecureModelView(AccessMixin, ModelView):
     can_set_page_size = True
     page_size_options = (25, 50, 100)
 
+    def search_placeholder(self):
+        return "Search"
+
     def visible_query(self):
         """The rows the current user may see; override per view (the one row filter)."""
         return self.model.select()
