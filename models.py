@@ -1030,4 +1030,30 @@ def count_estimate(query_model):
     return max(row[0], 0) if row else 0
 
 
+# ---------------------------------------------------------------------------
+# Administrator scope (accounts area): what a designated administrator manages.
+# A statewide administrator manages everything; a regional coordinator the agencies,
+# programs and people of their regions (AdminRegion).
+# ---------------------------------------------------------------------------
+
+def programs_managed_by(user):
+    if not user.is_admin:
+        return Program.select().where(Program.id.is_null())
+    if user.admin_statewide:
+        return Program.select()
+    agencies = Agency.select(Agency.id).where(Agency.region.in_(user.admin_region_ids()))
+    return Program.select().where(Program.agency.in_(agencies))
+
+
+def users_managed_by(user):
+    """Statewide: every account. Regional: the non-administrators of their programs."""
+    if not user.is_admin:
+        return User.select().where(User.id.is_null())
+    if user.admin_statewide:
+        return User.select()
+    programs = programs_managed_by(user).select(Program.id)
+    members = Membership.select(Membership.user).where(Membership.program.in_(programs))
+    return User.select().where(User.id.in_(members) & ~User.is_admin)
+
+
 __all__ = [name for name in dir() if not name.startswith("_")] + ["fn"]

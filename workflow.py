@@ -52,7 +52,9 @@ class Actor:
 def _clean_log_value(value):
     """Newlines and control characters are encoded so one event stays one line."""
     text = str(value or "")
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")[:2000]
+    text = text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    # Other control characters (NUL is refused by PostgreSQL text) are written as \xNN.
+    return "".join(ch if ch >= " " or ch == "\t" else f"\\x{ord(ch):02x}" for ch in text)[:2000]
 
 
 def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
@@ -186,10 +188,11 @@ def _check_new_password(user, new_password):
         raise RuleViolation(" ".join(problems), 422)
 
 
-def change_password(actor, current_password, new_password, keep_session=None):
-    """Change one's password (the current one is needed); other sessions end."""
+def change_password(actor, current_password, new_password, user_agent=""):
+    """Change one's password (the current one is needed). Every session ends, a copied
+    cookie included (R-AUTH-6); the caller continues in the new session returned."""
     from models import UserSession
-    from security import hash_password, verify_password
+    from security import hash_password, new_session_id, verify_password
 
     user = actor.user
     if not verify_password(user.password_hash, current_password or ""):
@@ -201,18 +204,19 @@ def change_password(actor, current_password, new_password, keep_session=None):
         user.password_changed_at = utcnow()
         user.link_version += 1
         user.save()
-        query = UserSession.update(revoked_at=utcnow()).where(
-            (UserSession.user == user) & UserSession.revoked_at.is_null())
-        if keep_session:
-            query = query.where(UserSession.id != keep_session)
-        query.execute()
+        revoke_sessions(user)
+        session = UserSession.create(id=new_session_id(), user=user, ip=actor.ip,
+                                     user_agent=(user_agent or "")[:300])
         record_audit(actor, "change_password", user)
+    return session
 
 
 def issue_link(user, purpose, secret_key, base_url, actor=None):
     """Email a single-use, expiring link (invitation or reset); older links stop working."""
     from security import make_link_token
 
+    if actor is not None and actor.user is not None and actor.user.id != user.id:
+        check_admin_scope(actor, user=user)
     with transaction():
         user.link_version += 1
         user.save()
@@ -287,6 +291,9 @@ def create_user(actor, email, name, is_admin=False, statewide=False, region_ids=
 
 def set_user_active(actor, user, active):
     """Deactivate (sessions end at once) or reactivate an account."""
+    check_admin_scope(actor, user=user)
+    if not active and actor is not None and actor.user is not None and actor.user.id == user.id:
+        raise RuleViolation("You cannot deactivate your own account.", 409)
     with transaction():
         user.is_active = active
         user.save()
@@ -299,6 +306,7 @@ def add_membership(actor, user, program, role):
     from models import MEMBER_ROLES, Membership
     if role not in MEMBER_ROLES:
         raise RuleViolation("Choose gatekeeper or provider.", 422)
+    check_admin_scope(actor, program=program)
     with transaction():
         row, created = Membership.get_or_create(user=user, program=program, role=role)
         record_audit(actor, "add_membership", row, detail=f"{role} of program {program.id}")
@@ -307,6 +315,7 @@ def add_membership(actor, user, program, role):
 
 def remove_membership(actor, membership):
     """Removing a role ends the user's sessions (R-AUTH-6)."""
+    check_admin_scope(actor, program=membership.program)
     with transaction():
         user = membership.user
         record_audit(actor, "remove_membership", membership,
@@ -897,3 +906,198 @@ def revoke_roi(actor, roi, reason):
                 notify(gatekeeper, f"ROI {roi.reference} naming your program was revoked.",
                        "roi_revoked", program=row.program_id)
     return roi
+
+
+# ---------------------------------------------------------------------------
+# Administrators' screens (accounts area): scope, network records, users, reminders
+# ---------------------------------------------------------------------------
+
+def check_admin_scope(actor, program=None, user=None):
+    """A regional coordinator manages only the programs and people of their regions."""
+    from models import Program, User, programs_managed_by, users_managed_by
+
+    if actor is None or actor.user is None:
+        return  # the CLI acts with the machine's authority
+    if not actor.user.is_admin:
+        raise RuleViolation("Only a designated administrator can do this.", 403)
+    if program is not None and not programs_managed_by(actor.user).where(
+            Program.id == program.id).exists():
+        raise NotFound("That program does not exist.")
+    if user is not None and not users_managed_by(actor.user).where(User.id == user.id).exists():
+        raise NotFound("That account does not exist.")
+
+
+def save_record(actor, obj, populate, after_save=None):
+    """Create or change a network record (region, county, agency, program, intake section…)
+    from an administrator's form: rows, links and audit row in one transaction."""
+    from peewee import IntegrityError
+
+    created = obj.id is None
+    try:
+        with transaction():
+            populate(obj)
+            obj.save(force_insert=created) if created else obj.save()
+            if after_save is not None:
+                after_save(obj)
+            record_audit(actor, f"{'create' if created else 'update'}_{obj._meta.table_name}", obj)
+    except IntegrityError as exc:
+        if created:
+            obj.id = None
+        raise RuleViolation("This would duplicate an existing record or break a link to "
+                            "another record; nothing was saved.", 409) from exc
+    return obj
+
+
+def set_program_links(program, counties=None, services=None, insurance_types=None):
+    """Replace a program's counties served, services and insurance accepted (R-NET-1)."""
+    from models import ProgramCounty, ProgramInsurance, ProgramService
+
+    for model, field, rows in ((ProgramCounty, "county", counties),
+                               (ProgramService, "service", services),
+                               (ProgramInsurance, "insurance_type", insurance_types)):
+        if rows is None:
+            continue
+        wanted = {row.id for row in rows}
+        have = {getattr(link, f"{field}_id") for link in model.select().where(model.program == program)}
+        if have - wanted:
+            model.delete().where((model.program == program)
+                                 & getattr(model, field).in_(list(have - wanted))).execute()
+        for key in wanted - have:
+            model.create(program=program, **{field: key})
+
+
+def update_user(actor, user, name, phone="", is_admin=None, statewide=None, region_ids=None):
+    """Change an account's name, phone and (statewide administrators only) admin scope."""
+    from models import AdminRegion
+
+    check_admin_scope(actor, user=user)
+    if not (name or "").strip():
+        raise RuleViolation("Enter the person's name.", 422)
+    touches_scope = is_admin is not None or statewide is not None or region_ids is not None
+    if touches_scope and actor is not None and not actor.user.admin_statewide:
+        raise RuleViolation("Only a statewide administrator can change who is an administrator.", 403)
+    with transaction():
+        user.name = name.strip()
+        user.phone = (phone or "").strip()
+        if is_admin is not None:
+            user.is_admin = bool(is_admin)
+        if statewide is not None:
+            user.admin_statewide = bool(statewide) and user.is_admin
+        user.save()
+        if region_ids is not None:
+            AdminRegion.delete().where(AdminRegion.user == user).execute()
+            for region_id in region_ids if user.is_admin else ():
+                AdminRegion.create(user=user, region=region_id)
+        record_audit(actor, "update_user", user)
+    return user
+
+
+def invite_user(actor, email, name, phone="", program=None, role=None, is_admin=False,
+                statewide=False, region_ids=(), secret_key=None, base_url=""):
+    """An administrator creates an account; the person gets an invitation email (R-AUTH-1)."""
+    if actor is not None and actor.user is not None and not actor.user.admin_statewide:
+        if is_admin or statewide or region_ids:
+            raise RuleViolation("Only a statewide administrator can create administrators.", 403)
+        if program is None:
+            raise RuleViolation("Choose the program the person works for.", 422)
+    if program is not None:
+        check_admin_scope(actor, program=program)
+        if role not in ("gatekeeper", "provider"):
+            raise RuleViolation("Choose gatekeeper or provider.", 422)
+    user = create_user(actor, email, name, is_admin=is_admin, statewide=statewide and is_admin,
+                       region_ids=region_ids if is_admin else (),
+                       memberships=[(program, role)] if program is not None else (),
+                       secret_key=secret_key, base_url=base_url)
+    if phone:
+        with transaction():
+            user.phone = phone.strip()[:30]
+            user.save()
+    return user
+
+
+def _reminder_stage(days_left):
+    """Which reminder is due: 30 and 7 days before the last valid day, and on expiry."""
+    if days_left < 0:
+        return "expired"
+    if days_left <= 7:
+        return "7"
+    if days_left <= 30:
+        return "30"
+    return None
+
+
+def _send_reminder_once(key, recipients, message, link, subject, body, program=None, base=""):
+    """One reminder to each recipient (bell and email), once per key (SentReminder)."""
+    from peewee import IntegrityError
+
+    from models import SentReminder
+
+    try:
+        with transaction():
+            if SentReminder.select().where(SentReminder.key == key).exists():
+                return False
+            SentReminder.create(key=key)
+            for user in recipients:
+                notify(user, message, "mou_reminder", link=link, program=program,
+                       email_subject=subject,
+                       email_body=f"Hello {user.name},\n\n{body}\n\n{base}{link}\n")
+            record_audit(None, "send_mou_reminder", detail=key)
+    except IntegrityError:  # another worker sent it at the same moment
+        return False
+    return True
+
+
+def mou_reminder_recipients(program):
+    """The program's gatekeepers, the administrators of its region and statewide ones."""
+    from models import AdminRegion, User
+
+    regional = AdminRegion.select(AdminRegion.user).where(AdminRegion.region == program.agency.region_id)
+    admins = User.select().where(User.is_active & User.is_admin
+                                 & (User.admin_statewide | User.id.in_(regional)))
+    people = {u.id: u for u in gatekeepers_of(program)}
+    people.update({u.id: u for u in admins})
+    return list(people.values())
+
+
+def send_mou_reminders(day=None, base_url=None):
+    """R-MOU-4: Agency and User MOU reminders 30 and 7 days ahead and on expiry, once each.
+    Expiries older than 30 days are not announced (a new deployment stays quiet)."""
+    import os
+
+    from models import Program, User, UserMou, fn, local_today
+
+    day = day or local_today()
+    base = (base_url or os.environ.get("BASE_URL", "http://127.0.0.1:5000")).rstrip("/")
+    window = (day - dt.timedelta(days=30), day + dt.timedelta(days=30))
+    sent = 0
+    programs = Program.select().where(Program.active & Program.mou_valid_until.between(*window))
+    for program in programs:
+        stage = _reminder_stage((program.mou_valid_until - day).days)
+        if stage is None:
+            continue
+        until = program.mou_valid_until.isoformat()
+        if stage == "expired":
+            text = (f"The Agency MOU of {program.label} expired after {until}. The program is "
+                    "hidden from directory searches and cannot receive referrals until a "
+                    "gatekeeper signs it again.")
+        else:
+            text = f"The Agency MOU of {program.label} is valid through {until}. A gatekeeper should sign it again before then."
+        sent += _send_reminder_once(
+            f"agency_mou:{program.id}:{until}:{stage}", mou_reminder_recipients(program), text,
+            "/agency-mou/", f"CONNECT: Agency MOU of {program.name} "
+            + ("expired" if stage == "expired" else "expires soon"), text, program=program, base=base)
+    last = fn.MAX(UserMou.expires_on)
+    rows = (UserMou.select(UserMou.user, last.alias("until")).join(User)
+            .where(User.is_active).group_by(UserMou.user).having(last.between(*window)))
+    for row in rows:
+        until = row.until if isinstance(row.until, dt.date) else dt.date.fromisoformat(str(row.until))
+        stage = _reminder_stage((until - day).days)
+        if stage is None:
+            continue
+        user = User.get_by_id(row.user_id)
+        text = (f"Your User MOU expired after {until.isoformat()}. Sign it again to open subjects "
+                "and referrals." if stage == "expired"
+                else f"Your User MOU is valid through {until.isoformat()}. Please sign it again before then.")
+        sent += _send_reminder_once(f"user_mou:{user.id}:{until.isoformat()}:{stage}", [user], text,
+                                    "/auth/user-mou", "CONNECT: your User MOU", text, base=base)
+    return sent

@@ -19,6 +19,12 @@ for _name in ("MAIL_SERVER", "SMS_BACKEND", "DATABASE_URL", "SECRET_KEY", "BASE_
     os.environ.pop(_name, None)
 
 import models  # noqa: E402
+import security  # noqa: E402
+
+# Tests hash with argon2id's cheapest parameters: the same code path, a fraction of the
+# time (production keeps the library's recommended profile; see security.hasher).
+from argon2 import PasswordHasher, profiles  # noqa: E402
+security.hasher = PasswordHasher.from_parameters(profiles.CHEAPEST)
 import workflow  # noqa: E402
 from app import create_app  # noqa: E402
 from cli import load_reference_data  # noqa: E402
