@@ -410,7 +410,7 @@ def _program_label(program_id):
     return row.label
 
 
-def _move_referral(actor, referral, to_state, version, kind, detail="", status="",
+def _move_referral(actor, referral, to_state, version, kind, detail="", event_status="",
                    conflict=None, **changes):
     """The conditional UPDATE of every state move, with its history and audit rows.
 
@@ -434,7 +434,7 @@ def _move_referral(actor, referral, to_state, version, kind, detail="", status="
     if changed != 1:
         raise RuleViolation(conflict)
     ReferralEvent.create(referral=referral, user=actor.user, program=actor.program_id, kind=kind,
-                         from_state=from_state, to_state=to_state, status=status or "",
+                         from_state=from_state, to_state=to_state, status=event_status or "",
                          detail=detail, at=now)
     record_audit(actor, f"referral_{kind}", referral,
                  subject=referral.subject_id, detail=detail)
@@ -792,7 +792,8 @@ def set_referral_status(actor, referral, status, version):
         changes.update(closed_at=now, outcome_at=fn_coalesce(Referral.outcome_at, now))
     with transaction():
         _move_referral(actor, referral, REFERRAL_CLOSED if closing else REFERRAL_ASSIGNED,
-                       _clean_version(version), "status", status=status, detail=status, **changes)
+                       _clean_version(version), "status", event_status=status, detail=status,
+                       **changes)
         if referral.created_by_id:
             _tell(User.get_by_id(referral.created_by_id), referral,
                   f"{_referral_ref(referral)}: the status is now \u201c{status}\u201d.",

@@ -674,7 +674,7 @@ class ReferralPages(SecureBaseView):
             a, r, form.version.data), "The pending referral is discarded.")
 
     @expose("/<int:referral_id>/status", methods=("POST",))
-    def status(self, referral_id):
+    def set_status(self, referral_id):
         form = StatusForm(prefix="status")
         return self._act(referral_id, "set_referral_status", form,
                          lambda a, r: workflow.set_referral_status(a, r, form.status.data,
