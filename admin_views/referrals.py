@@ -286,7 +286,7 @@ class ReferralListView(LeanListView):
     export_max_rows = 10000
     column_labels = {"id": "No.", "client": "Client", "from_side": "From", "to_side": "To",
                      "sent_at": "Sent", "created_at": "Started", "state": "Status",
-                     "assigned": "Assigned provider", "sender": "Staff member"}
+                     "assigned": "Assigned provider", "sender": "Sent by"}
     column_formatters = {"client": _client_link, "state": _state_cell, "sent_at": _when,
                          "created_at": _when, "from_side": _program_cell("from"),
                          "to_side": _program_cell("to"), "assigned": _person_cell("assigned_to"),
