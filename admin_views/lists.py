@@ -13,7 +13,7 @@ So a page costs at most 2 queries of its own (page, capped count).
 
 import datetime as dt
 
-from flask import abort, g
+from flask import abort, flash, g, request
 from flask_admin.contrib.peewee.filters import BasePeeweeFilter
 from flask_admin.form import BaseForm
 from wtforms import HiddenField
@@ -151,6 +151,23 @@ class LeanListView(SecureModelView):
             return None, query
         g.list_count_label = self.count_label(self.capped_count(search, filters))
         return None, list(query)
+
+    def _get_list_filter_args(self):
+        """Flask-Admin's, but an empty value (a filter left at "Any") is no filter."""
+        if not self._filters:
+            return None
+        found = []
+        for arg, value in request.args.items():
+            if not arg.startswith("flt") or "_" not in arg or value == "":
+                continue
+            pos, key = arg[3:].split("_", 1)
+            if key in self._filter_args:
+                index, flt = self._filter_args[key]
+                if flt.validate(value):
+                    found.append((pos, (index, flt.name, value)))
+                else:
+                    flash(f"Ignored an invalid value for the filter “{flt.name}”.", "error")
+        return [item for _pos, item in sorted(found, key=lambda pair: pair[0])]
 
     def get_action_form(self):
         """The app-wide CSRFProtect checks the form's csrf_token (templates add it); a
