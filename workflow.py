@@ -902,8 +902,6 @@ def delay_cutoff(today):
 def flag_delayed_referrals(today=None):
     """R-TRACK-3: referrals not assigned within 5 business days are flagged once; the
     sender and the gatekeepers are told. Returns how many were flagged."""
-    from zoneinfo import ZoneInfo  # noqa: F401  (local_zone returns one)
-
     from models import Referral, User, local_today, local_zone
     today = today or local_today()
     cutoff = delay_cutoff(today)

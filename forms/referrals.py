@@ -13,7 +13,7 @@ from wtforms import (
 )
 from wtforms.validators import DataRequired, InputRequired, Length, Optional
 
-from models import NOTE_KINDS, QUESTION_KINDS, STATUSES  # noqa: F401
+from models import NOTE_KINDS, STATUSES
 from referral_fields import YES_NO, offered_personal, offered_sections
 
 CHOOSE = ("", "Choose…")

@@ -280,3 +280,15 @@ def test_r_recv_2_unassigned_provider_cannot_open(browser, network):
     referral = sent(network, subject)
     browser.login(network.pr_b1)
     assert browser.get(f"/referrals/{referral.id}").status_code == 404
+
+
+def test_r_recv_2_queue_action_assign_to_me(app, browser, network):
+    """R-RECV-2: from the queue, a gatekeeper assigns selected referrals to themself."""
+    subject, _roi = client(network)
+    referral = sent(network, subject)
+    browser.login(network.gk_b1)
+    response = browser.post("/agency/referrals/action/", {
+        "action": "assign_to_me", "rowid": referral.id, "url": "/agency/referrals/"},
+        token_from="/agency/referrals/", follow_redirects=True)
+    assert "1 referral(s) assigned to you." in response.get_data(as_text=True)
+    assert fresh(referral).assigned_to_id == network.gk_b1.id
