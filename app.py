@@ -68,6 +68,12 @@ def create_app(config=None):
         app.config["SECRET_KEY"] = load_secret_key(app.config["DATA_DIR"])
     os.makedirs(app.config["UPLOAD_DIR"], exist_ok=True)
 
+    if int(os.environ.get("TRUSTED_PROXIES", "0") or 0):
+        # Behind N reverse proxies: the client's address and scheme come from X-Forwarded-*.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        hops = int(os.environ["TRUSTED_PROXIES"])
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+
     init_database(app)
     csrf.init_app(app)
     init_login(app)
