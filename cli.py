@@ -240,3 +240,7 @@ def init_cli(app):
         restore_database(path)
         click.echo(f"Database restored from {path}.")
 
+
+    # Benchmarks (issue 6): flask --app app generate-scale
+    from bench.generate import register_cli
+    register_cli(app)

@@ -1,0 +1,176 @@
+"""The screens `make bench` times, each with its raw-SQL floor.
+
+A screen names the endpoints that may serve it (the first one registered wins; none
+registered means "not built yet") and the query string to use. A floor is the hand-written
+SQL that fetches the same rows through the raw driver (sqlite3 or psycopg), `?` placeholders.
+"""
+
+from dataclasses import dataclass, field
+
+from flask import url_for
+
+
+@dataclass
+class Floor:
+    """One or more statements; the rows of the last are the page's rows."""
+    sqlite: list
+    postgres: list = None
+
+    def statements(self, sqlite, context):
+        chosen = self.sqlite if sqlite or self.postgres is None else self.postgres
+        for sql, params in chosen:
+            yield sql, tuple(context[p] if isinstance(p, str) else p for p in params)
+
+
+@dataclass
+class Screen:
+    name: str
+    group: str  # list, subject, directory, report, detail, baseline, gate
+    user: str  # gatekeeper or provider
+    endpoints: list  # [(endpoint, {query args}, )] tried in order
+    floor: Floor = None
+    budget: str = ""
+    params: dict = field(default_factory=dict)
+
+    def resolve(self, app, context):
+        """The URL to fetch, or None when no candidate endpoint is registered."""
+        for endpoint, args in self.endpoints:
+            if endpoint in app.view_functions:
+                values = {k: (context[v[1:]] if isinstance(v, str) and v.startswith("$") else v)
+                          for k, v in args.items()}
+                with app.test_request_context():
+                    return url_for(endpoint, **values)
+        return None
+
+
+PAGE = 25
+QUEUE_SQL = (
+    "SELECT r.id, r.state, r.status, r.sent_at, r.delayed_at, s.first_name, s.last_name, "
+    "s.dob, fp.name, fa.name, u.name FROM referral r "
+    "JOIN subject s ON s.id = r.subject_id JOIN program fp ON fp.id = r.from_program_id "
+    "JOIN agency fa ON fa.id = r.from_agency_id LEFT JOIN \"user\" u ON u.id = r.assigned_to_id "
+    "WHERE r.to_program_id = ? AND r.state NOT IN ('pending', 'discarded') "
+    "ORDER BY r.sent_at DESC, r.id DESC LIMIT 25 OFFSET ?")
+SENT_SQL = (
+    "SELECT r.id, r.state, r.status, r.created_at, r.sent_at, s.first_name, s.last_name, "
+    "tp.name, ta.name, u.name FROM referral r "
+    "JOIN subject s ON s.id = r.subject_id JOIN program tp ON tp.id = r.to_program_id "
+    "JOIN agency ta ON ta.id = r.to_agency_id LEFT JOIN \"user\" u ON u.id = r.created_by_id "
+    "WHERE r.from_program_id = ? ORDER BY r.created_at DESC, r.id DESC LIMIT 25 OFFSET ?")
+PROVIDER_SQL = (
+    "SELECT r.id, r.state, r.status, r.sent_at, s.first_name, s.last_name, fp.name "
+    "FROM referral r JOIN subject s ON s.id = r.subject_id "
+    "JOIN program fp ON fp.id = r.from_program_id "
+    "WHERE r.to_program_id = ? AND r.assigned_to_id = ? "
+    "ORDER BY r.sent_at DESC, r.id DESC LIMIT 25")
+SEARCH_SQL = (
+    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city FROM subject s "
+    "JOIN subject_link l ON l.subject_id = s.id AND l.program_id = ? "
+    "WHERE s.last_norm = ? ORDER BY s.last_norm, s.first_norm, s.id LIMIT 25")
+DUPLICATE_SQL = (
+    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city FROM subject s "
+    "WHERE s.last_norm = ? AND s.first_norm = ? AND s.dob = ? LIMIT 25")
+DIRECTORY_SQL = (
+    "SELECT p.id, p.name, a.name, p.city, p.phone FROM program p "
+    "JOIN agency a ON a.id = p.agency_id "
+    "WHERE p.active AND p.mou_valid_until >= ? "
+    "AND p.id IN (SELECT program_id FROM program_county WHERE county_id = ?) "
+    "AND p.id IN (SELECT program_id FROM program_service WHERE service_id = ?) "
+    "ORDER BY p.name LIMIT 25")
+STOCK_SQL = "SELECT * FROM referral LIMIT 20 OFFSET ?"
+
+
+def _report_floor(where, group, ack=False):
+    """A yearly aggregate for the busiest program (counts by status; median times)."""
+    sqlite = [(f"SELECT {group}, COUNT(*) FROM referral WHERE {where} "
+               f"AND sent_at >= ? GROUP BY {group}", ("program_id", "year_ago"))]
+    postgres = [(f"SELECT {group}, COUNT(*) FROM referral WHERE {where} "
+                 f"AND sent_at >= ?::date GROUP BY {group}", ("program_id", "year_ago"))]
+    if ack:
+        sqlite.append((f"SELECT julianday(acknowledged_at) - julianday(sent_at) FROM referral "
+                       f"WHERE {where} AND sent_at >= ? AND acknowledged_at IS NOT NULL "
+                       f"ORDER BY 1 LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM referral "
+                       f"WHERE {where} AND sent_at >= ? AND acknowledged_at IS NOT NULL)",
+                       ("program_id", "year_ago", "program_id", "year_ago")))
+        postgres.append((f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY acknowledged_at - "
+                         f"sent_at) FROM referral WHERE {where} AND sent_at >= ?::date "
+                         f"AND acknowledged_at IS NOT NULL", ("program_id", "year_ago")))
+    return Floor(sqlite, postgres)
+
+
+SCREENS = [
+    Screen("Gate only (every page pays this)", "gate", "gatekeeper",
+           [("bench_gate.index", {})], Floor([("SELECT 1", ())])),
+    Screen("Incoming queue, page 1", "list", "gatekeeper",
+           [("referrals.index_view", {}), ("incoming.index_view", {}),
+            ("referral.index_view", {})],
+           Floor([(QUEUE_SQL, ("program_id", 0))]), "queue"),
+    Screen("Incoming queue, page 1000", "list", "gatekeeper",
+           [("referrals.index_view", {"page": 999}), ("incoming.index_view", {"page": 999}),
+            ("referral.index_view", {"page": 999})],
+           Floor([(QUEUE_SQL, ("program_id", 999 * PAGE))]), "queue"),
+    Screen("Sent list, page 1", "list", "gatekeeper",
+           [("sent.index_view", {}), ("sent_referrals.index_view", {})],
+           Floor([(SENT_SQL, ("program_id", 0))]), "sent"),
+    Screen("Provider's own list", "list", "provider",
+           [("my_referrals.index_view", {}), ("assigned.index_view", {}),
+            ("referrals.index_view", {})],
+           Floor([(PROVIDER_SQL, ("program_id", "provider_id"))]), "provider"),
+    Screen("Subject search (last name)", "subject", "gatekeeper",
+           [("subjects.index_view", {"search": "$last_name"}),
+            ("subject.index_view", {"search": "$last_name"})],
+           Floor([(SEARCH_SQL, ("program_id", "last_norm"))]), "search"),
+    Screen("Duplicate check (name + date of birth)", "subject", "gatekeeper",
+           [("subjects.check_duplicates", {"first_name": "$first_name",
+                                           "last_name": "$last_name", "dob": "$dob"}),
+            ("subjects.duplicates", {"first_name": "$first_name", "last_name": "$last_name",
+                                     "dob": "$dob"})],
+           Floor([(DUPLICATE_SQL, ("last_norm", "first_norm", "dob"))]), "duplicate"),
+    Screen("Directory search (county + service)", "directory", "gatekeeper",
+           [("directory.index", {"county": "$county_id", "service": "$service_id"}),
+            ("public_directory.index", {"county": "$county_id", "service": "$service_id"})],
+           Floor([(DIRECTORY_SQL, ("today", "county_id", "service_id"))]), "directory"),
+    Screen("Report: Referral Delays to Agency (year)", "report", "gatekeeper",
+           [("reports.delays", {"period": "year"}), ("reports.referral_delays", {})],
+           _report_floor("to_program_id = ?", "state", ack=True), "report"),
+    Screen("Report: Referral Outcomes (year)", "report", "gatekeeper",
+           [("reports.outcomes", {"period": "year"}), ("reports.referral_outcomes", {})],
+           _report_floor("to_program_id = ?", "status"), "report"),
+    Screen("Report: Referrals From Agency (year)", "report", "gatekeeper",
+           [("reports.from_agency", {"period": "year"}), ("reports.referrals_from", {})],
+           _report_floor("from_program_id = ?", "to_program_id"), "report"),
+    Screen("Report: Referrals To Agency (year)", "report", "gatekeeper",
+           [("reports.to_agency", {"period": "year"}), ("reports.referrals_to", {})],
+           _report_floor("to_program_id = ?", "from_program_id"), "report"),
+    Screen("Referral page", "detail", "gatekeeper",
+           [("referrals.details_view", {"id": "$referral_id"}),
+            ("referrals.referral", {"id": "$referral_id"}),
+            ("referral.details_view", {"id": "$referral_id"})],
+           Floor([
+               ("SELECT r.*, s.first_name, s.last_name, s.dob, s.phone, fp.name, tp.name "
+                "FROM referral r JOIN subject s ON s.id = r.subject_id "
+                "JOIN program fp ON fp.id = r.from_program_id "
+                "JOIN program tp ON tp.id = r.to_program_id WHERE r.id = ?", ("referral_id",)),
+               ("SELECT e.*, u.name FROM referral_event e LEFT JOIN \"user\" u ON u.id = e.user_id "
+                "WHERE e.referral_id = ? ORDER BY e.at", ("referral_id",)),
+               ("SELECT n.*, u.name FROM referral_note n LEFT JOIN \"user\" u ON u.id = n.author_id "
+                "WHERE n.referral_id = ? ORDER BY n.created_at", ("referral_id",)),
+           ]), "detail"),
+    Screen("Stock Flask-Admin ModelView(Referral), page 1", "baseline", "gatekeeper",
+           [("bench_stock.index_view", {})], Floor([(STOCK_SQL, (0,))]), "stock"),
+    Screen("Stock Flask-Admin ModelView(Referral), page 1000", "baseline", "gatekeeper",
+           [("bench_stock.index_view", {"page": 999})], Floor([(STOCK_SQL, (999 * 20,))]),
+           "stock"),
+]
+
+
+def load_targets(rows):
+    """What the load run hits: the queue page when it exists, else the gate page."""
+    by_name = {row["name"]: row for row in rows}
+    queue = by_name.get("Incoming queue, page 1", {})
+    targets = [("hello", "/bench/hello")]
+    if queue.get("status") == "ok":
+        targets.append(("queue", queue["url"]))
+    else:
+        targets.append(("gate", by_name["Gate only (every page pays this)"]["url"]))
+    return targets
