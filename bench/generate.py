@@ -211,10 +211,15 @@ def _drop_indexes(tables):
 
 
 def _create_indexes(statements, progress=None):
+    """Runs the CREATE INDEX statements; returns {index name: seconds}."""
+    seconds = {}
     for n, sql in enumerate(statements, 1):
+        t0 = time.monotonic()
         _execute(sql)
+        seconds[sql.split(" ON ")[0].split()[-1].strip('"')] = round(time.monotonic() - t0, 2)
         if progress:
             progress(n, len(statements))
+    return seconds
 
 
 # ---------------------------------------------------------------------------
@@ -227,7 +232,7 @@ def generate_scale(programs=2000, subjects=1_000_000, referrals=3_000_000, seed=
     with row counts and seconds per step. `progress(label, fraction)` is told as it goes."""
     from cli import load_reference_data
 
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     report = progress or (lambda label, fraction: None)
     sqlite = models.is_sqlite()
     sql = Dialect(sqlite, seed)
@@ -490,7 +495,7 @@ def generate_scale(programs=2000, subjects=1_000_000, referrals=3_000_000, seed=
     # --- indexes back, statistics ------------------------------------------------------------
     t0 = time.monotonic()
     _drop_lookup_tables()
-    _create_indexes(dropped, lambda n, total: step("indexes", n / total))
+    index_seconds = _create_indexes(dropped, lambda n, total: step("indexes", n / total))
     if not sqlite:
         for model in (models.Agency, models.Program, models.User, models.Subject, models.Roi,
                       models.Referral):
@@ -512,9 +517,12 @@ def generate_scale(programs=2000, subjects=1_000_000, referrals=3_000_000, seed=
         database.execute_sql(f"VACUUM ANALYZE {tables}")
     finish("analyze", t0)
     timings["total"] = round(time.monotonic() - started, 2)
+    # CPU seconds of this process (SQLite works in-process; PostgreSQL in its server).
+    timings["cpu"] = round(time.process_time() - cpu_started, 2)
     return {"programs": n_prog, "agencies": n_agency, "hubs": n_hubs, "subjects": n_subj,
             "referrals": n_ref, "first_program_id": p0, "first_user_id": u0,
-            "first_referral_id": f0, "seconds": timings}
+            "first_referral_id": f0, "seconds": timings,
+            "index_seconds": dict(sorted(index_seconds.items(), key=lambda kv: -kv[1]))}
 
 
 def bench_email(program_index, slot):
@@ -722,5 +730,7 @@ def register_cli(app):
                    f"in {summary['seconds']['total']} s.")
         click.echo("Seconds per step: " + ", ".join(
             f"{k} {v}" for k, v in summary["seconds"].items() if k != "total"))
+        slowest = list(summary["index_seconds"].items())[:5]
+        click.echo("Slowest index builds: " + ", ".join(f"{k} {v}" for k, v in slowest))
         click.echo(f"Every generated user signs in with the password {BENCH_PASSWORD!r}, "
                    f"e.g. {bench_email(0, 0)} (gatekeeper of the busiest hub).")

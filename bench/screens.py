@@ -36,7 +36,7 @@ class Screen:
         """The URL to fetch, or None when no candidate endpoint is registered."""
         for endpoint, args in self.endpoints:
             if endpoint in app.view_functions:
-                values = {k: (context[v[1:]] if isinstance(v, str) and v.startswith("$") else v)
+                values = {k: (v.format(**context) if isinstance(v, str) else v)
                           for k, v in args.items()}
                 with app.test_request_context():
                     return url_for(endpoint, **values)
@@ -78,6 +78,8 @@ DIRECTORY_SQL = (
     "AND p.id IN (SELECT program_id FROM program_service WHERE service_id = ?) "
     "ORDER BY p.name LIMIT 25")
 STOCK_SQL = "SELECT * FROM referral LIMIT 20 OFFSET ?"
+# A report over the busiest program's last year (the reports' own form fields).
+YEAR = {"scope": "program:{program_id}", "start": "{year_ago}", "end": "{today}"}
 
 
 def _report_floor(where, group, ack=False):
@@ -113,39 +115,43 @@ SCREENS = [
            [("sent.index_view", {}), ("sent_referrals.index_view", {})],
            Floor([(SENT_SQL, ("program_id", 0))]), "sent"),
     Screen("Provider's own list", "list", "provider",
-           [("my_referrals.index_view", {}), ("assigned.index_view", {}),
+           [("incoming.index_view", {}), ("my_referrals.index_view", {}),
             ("referrals.index_view", {})],
            Floor([(PROVIDER_SQL, ("program_id", "provider_id"))]), "provider"),
     Screen("Subject search (last name)", "subject", "gatekeeper",
-           [("subjects.index_view", {"search": "$last_name"}),
-            ("subject.index_view", {"search": "$last_name"})],
+           [("subjects.index", {"q": "{last_name}"}),
+            ("subjects.index_view", {"search": "{last_name}"}),
+            ("subject.index_view", {"search": "{last_name}"})],
            Floor([(SEARCH_SQL, ("program_id", "last_norm"))]), "search"),
     Screen("Duplicate check (name + date of birth)", "subject", "gatekeeper",
-           [("subjects.check_duplicates", {"first_name": "$first_name",
-                                           "last_name": "$last_name", "dob": "$dob"}),
-            ("subjects.duplicates", {"first_name": "$first_name", "last_name": "$last_name",
-                                     "dob": "$dob"})],
+           [("subjects.index", {"q": "{first_name} {last_name}", "dob": "{dob}"}),
+            ("subjects.check_duplicates", {"first_name": "{first_name}",
+                                           "last_name": "{last_name}", "dob": "{dob}"}),
+            ("subjects.duplicates", {"first_name": "{first_name}", "last_name": "{last_name}",
+                                     "dob": "{dob}"})],
            Floor([(DUPLICATE_SQL, ("last_norm", "first_norm", "dob"))]), "duplicate"),
     Screen("Directory search (county + service)", "directory", "gatekeeper",
-           [("directory.index", {"county": "$county_id", "service": "$service_id"}),
-            ("public_directory.index", {"county": "$county_id", "service": "$service_id"})],
+           [("public.index", {"county": "{county_id}", "service": "{service_id}"}),
+            ("directory.index", {"county": "{county_id}", "service": "{service_id}"}),
+            ("public_directory.index", {"county": "{county_id}", "service": "{service_id}"})],
            Floor([(DIRECTORY_SQL, ("today", "county_id", "service_id"))]), "directory"),
     Screen("Report: Referral Delays to Agency (year)", "report", "gatekeeper",
-           [("reports.delays", {"period": "year"}), ("reports.referral_delays", {})],
+           [("reports.referrals", dict(kind_key="delays", **YEAR))],
            _report_floor("to_program_id = ?", "state", ack=True), "report"),
     Screen("Report: Referral Outcomes (year)", "report", "gatekeeper",
-           [("reports.outcomes", {"period": "year"}), ("reports.referral_outcomes", {})],
+           [("reports.referrals", dict(kind_key="outcomes", **YEAR))],
            _report_floor("to_program_id = ?", "status"), "report"),
     Screen("Report: Referrals From Agency (year)", "report", "gatekeeper",
-           [("reports.from_agency", {"period": "year"}), ("reports.referrals_from", {})],
+           [("reports.referrals", dict(kind_key="from_agency", **YEAR))],
            _report_floor("from_program_id = ?", "to_program_id"), "report"),
     Screen("Report: Referrals To Agency (year)", "report", "gatekeeper",
-           [("reports.to_agency", {"period": "year"}), ("reports.referrals_to", {})],
+           [("reports.referrals", dict(kind_key="to_agency", **YEAR))],
            _report_floor("to_program_id = ?", "from_program_id"), "report"),
     Screen("Referral page", "detail", "gatekeeper",
-           [("referrals.details_view", {"id": "$referral_id"}),
-            ("referrals.referral", {"id": "$referral_id"}),
-            ("referral.details_view", {"id": "$referral_id"})],
+           [("referral.view", {"referral_id": "{referral_id}"}),
+            ("referrals.details_view", {"id": "{referral_id}"}),
+            ("referrals.referral", {"id": "{referral_id}"}),
+            ("referral.details_view", {"id": "{referral_id}"})],
            Floor([
                ("SELECT r.*, s.first_name, s.last_name, s.dob, s.phone, fp.name, tp.name "
                 "FROM referral r JOIN subject s ON s.id = r.subject_id "
