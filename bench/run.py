@@ -238,12 +238,18 @@ def screen_context(app, summary):
                        "provider": generate.bench_email(0, generate.PROVIDER_SLOTS[0])},
             "subject_id": subject.id, "last_norm": subject.last_norm,
             "first_norm": subject.first_norm, "last_name": subject.last_name,
+            "last_upper": _upper(subject.last_norm), "first_upper": _upper(subject.first_norm),
             "first_name": subject.first_name, "dob": subject.dob.isoformat(),
             "referral_id": referral.id, "county_id": county, "service_id": service,
             "today": models.local_today().isoformat(),
             "year_ago": (models.local_today() - dt.timedelta(days=365)).isoformat(),
             "page_size": 25,
         }
+
+
+def _upper(prefix):
+    """The end of a prefix range (as the subject search builds it)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def time_screen(app, screen, clients, raw, counter, context, runs):

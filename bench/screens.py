@@ -63,13 +63,18 @@ PROVIDER_SQL = (
     "JOIN program fp ON fp.id = r.from_program_id "
     "WHERE r.to_program_id = ? AND r.assigned_to_id = ? "
     "ORDER BY r.sent_at DESC, r.id DESC LIMIT 25")
+# Subject search walks the name index statewide (at most 50), then keeps what the acting
+# program may see: one statement doing both is the floor.
 SEARCH_SQL = (
-    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city FROM subject s "
-    "JOIN subject_link l ON l.subject_id = s.id AND l.program_id = ? "
-    "WHERE s.last_norm = ? ORDER BY s.last_norm, s.first_norm, s.id LIMIT 25")
+    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city, l.program_id FROM "
+    "(SELECT * FROM subject WHERE last_norm >= ? AND last_norm < ? "
+    "ORDER BY last_norm, first_norm LIMIT 50) AS s "
+    "LEFT JOIN subject_link l ON l.subject_id = s.id AND l.program_id = ?")
 DUPLICATE_SQL = (
-    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city FROM subject s "
-    "WHERE s.last_norm = ? AND s.first_norm = ? AND s.dob = ? LIMIT 25")
+    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city, l.program_id FROM "
+    "(SELECT * FROM subject WHERE dob = ? AND last_norm >= ? AND last_norm < ? "
+    "AND first_norm >= ? AND first_norm < ? ORDER BY last_norm, first_norm LIMIT 50) AS s "
+    "LEFT JOIN subject_link l ON l.subject_id = s.id AND l.program_id = ?")
 DIRECTORY_SQL = (
     "SELECT p.id, p.name, a.name, p.city, p.phone FROM program p "
     "JOIN agency a ON a.id = p.agency_id "
@@ -82,22 +87,41 @@ STOCK_SQL = "SELECT * FROM referral LIMIT 20 OFFSET ?"
 YEAR = {"scope": "program:{program_id}", "start": "{year_ago}", "end": "{today}"}
 
 
-def _report_floor(where, group, ack=False):
-    """A yearly aggregate for the busiest program (counts by status; median times)."""
-    sqlite = [(f"SELECT {group}, COUNT(*) FROM referral WHERE {where} "
-               f"AND sent_at >= ? GROUP BY {group}", ("program_id", "year_ago"))]
-    postgres = [(f"SELECT {group}, COUNT(*) FROM referral WHERE {where} "
-                 f"AND sent_at >= ?::date GROUP BY {group}", ("program_id", "year_ago"))]
-    if ack:
-        sqlite.append((f"SELECT julianday(acknowledged_at) - julianday(sent_at) FROM referral "
-                       f"WHERE {where} AND sent_at >= ? AND acknowledged_at IS NOT NULL "
-                       f"ORDER BY 1 LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM referral "
-                       f"WHERE {where} AND sent_at >= ? AND acknowledged_at IS NOT NULL)",
-                       ("program_id", "year_ago", "program_id", "year_ago")))
-        postgres.append((f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY acknowledged_at - "
-                         f"sent_at) FROM referral WHERE {where} AND sent_at >= ?::date "
-                         f"AND acknowledged_at IS NOT NULL", ("program_id", "year_ago")))
-    return Floor(sqlite, postgres)
+REPORT_ROWS_SQL = (
+    "SELECT r.id, r.sent_at, r.state, r.status, r.acknowledged_at, r.outcome_at, r.delayed_at, "
+    "fa.name, fp.name, ta.name, tp.name, s.first_name, s.last_name, roi.state, roi.expires_on "
+    "FROM referral r JOIN program fp ON fp.id = r.from_program_id "
+    "JOIN program tp ON tp.id = r.to_program_id JOIN agency fa ON fa.id = r.from_agency_id "
+    "JOIN agency ta ON ta.id = r.to_agency_id JOIN subject s ON s.id = r.subject_id "
+    "LEFT JOIN roi ON roi.id = r.roi_id WHERE {where} AND r.sent_at >= {since} "
+    "ORDER BY r.sent_at DESC, r.id DESC LIMIT 200")
+
+
+def _report_floor(where):
+    """A year of the busiest program: counts by state, status and month, the medians of
+    time to acknowledge and to outcome, and the first 200 rows with their names."""
+    statements = {}
+    for backend, since, month in (("sqlite", "?", "strftime('%Y-%m', r.sent_at)"),
+                                  ("postgres", "?::date", "to_char(r.sent_at, 'YYYY-MM')")):
+        params = ("program_id", "year_ago")
+        chosen = [(f"SELECT r.state, r.status, {month}, COUNT(*), COUNT(r.acknowledged_at), "
+                   f"COUNT(r.outcome_at) FROM referral r WHERE {where} AND r.sent_at >= {since} "
+                   f"GROUP BY r.state, r.status, {month}", params)]
+        for column in ("acknowledged_at", "outcome_at"):
+            if backend == "sqlite":
+                chosen.append((
+                    f"SELECT julianday(r.{column}) - julianday(r.sent_at) AS d FROM referral r "
+                    f"WHERE {where} AND r.sent_at >= ? AND r.{column} IS NOT NULL ORDER BY d "
+                    f"LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM referral r WHERE {where} "
+                    f"AND r.sent_at >= ? AND r.{column} IS NOT NULL)", params + params))
+            else:
+                chosen.append((
+                    f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.{column} - r.sent_at) "
+                    f"FROM referral r WHERE {where} AND r.sent_at >= ?::date "
+                    f"AND r.{column} IS NOT NULL", params))
+        chosen.append((REPORT_ROWS_SQL.format(where=where, since=since), params))
+        statements[backend] = chosen
+    return Floor(statements["sqlite"], statements["postgres"])
 
 
 SCREENS = [
@@ -122,14 +146,15 @@ SCREENS = [
            [("subjects.index", {"q": "{last_name}"}),
             ("subjects.index_view", {"search": "{last_name}"}),
             ("subject.index_view", {"search": "{last_name}"})],
-           Floor([(SEARCH_SQL, ("program_id", "last_norm"))]), "search"),
-    Screen("Duplicate check (name + date of birth)", "subject", "gatekeeper",
+           Floor([(SEARCH_SQL, ("last_norm", "last_upper", "program_id"))]), "search"),
+    Screen("Subject search, name + date of birth (duplicate check)", "subject", "gatekeeper",
            [("subjects.index", {"q": "{first_name} {last_name}", "dob": "{dob}"}),
             ("subjects.check_duplicates", {"first_name": "{first_name}",
                                            "last_name": "{last_name}", "dob": "{dob}"}),
             ("subjects.duplicates", {"first_name": "{first_name}", "last_name": "{last_name}",
                                      "dob": "{dob}"})],
-           Floor([(DUPLICATE_SQL, ("last_norm", "first_norm", "dob"))]), "duplicate"),
+           Floor([(DUPLICATE_SQL, ("dob", "last_norm", "last_upper", "first_norm",
+                                   "first_upper", "program_id"))]), "duplicate"),
     Screen("Directory search (county + service)", "directory", "gatekeeper",
            [("public.index", {"county": "{county_id}", "service": "{service_id}"}),
             ("directory.index", {"county": "{county_id}", "service": "{service_id}"}),
@@ -137,16 +162,16 @@ SCREENS = [
            Floor([(DIRECTORY_SQL, ("today", "county_id", "service_id"))]), "directory"),
     Screen("Report: Referral Delays to Agency (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="delays", **YEAR))],
-           _report_floor("to_program_id = ?", "state", ack=True), "report"),
+           _report_floor("r.to_program_id = ?"), "report"),
     Screen("Report: Referral Outcomes (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="outcomes", **YEAR))],
-           _report_floor("to_program_id = ?", "status"), "report"),
+           _report_floor("r.to_program_id = ?"), "report"),
     Screen("Report: Referrals From Agency (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="from_agency", **YEAR))],
-           _report_floor("from_program_id = ?", "to_program_id"), "report"),
+           _report_floor("r.from_program_id = ?"), "report"),
     Screen("Report: Referrals To Agency (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="to_agency", **YEAR))],
-           _report_floor("to_program_id = ?", "from_program_id"), "report"),
+           _report_floor("r.to_program_id = ?"), "report"),
     Screen("Referral page", "detail", "gatekeeper",
            [("referral.view", {"referral_id": "{referral_id}"}),
             ("referrals.details_view", {"id": "{referral_id}"}),
