@@ -9,6 +9,7 @@ REPORT_MS = 50.0
 LOAD_SHARE = 0.30
 LOAD_P95_MS = 30.0
 WORKER_MB = 60.0
+GENERATE_S = 120
 
 NOT_BUILT = "not built yet"
 
@@ -126,6 +127,18 @@ def judge(backend, entry):
                       f"{gate_load['rps'] / load['hello']['rps']:.0%}, "
                       f"p95 {gate_load['p95_ms']:.1f} ms")
         verdicts.append((budget, NOT_BUILT, detail))
+    # Generation time (2 minutes on SQLite; PostgreSQL "the same", no figure given).
+    sec = (entry.get("summary") or {}).get("seconds", {})
+    if sec and backend == "sqlite":
+        slow = (entry["summary"].get("index_seconds") or {})
+        cause = ""
+        if sec["total"] > GENERATE_S:
+            cause = (f"; index builds {sec.get('indexes')} s of it"
+                     + (" (slowest: " + ", ".join(f"{k} {v} s" for k, v in list(slow.items())[:3])
+                        + ")" if slow else ""))
+        verdicts.append((f"Statewide data generated within {GENERATE_S // 60} minutes",
+                         "met" if sec["total"] <= GENERATE_S else "not met",
+                         f"{sec['total']} s wall, {sec.get('cpu', '–')} s CPU" + cause))
     # Worker memory.
     worker = entry.get("worker") or {}
     budget = f"Worker peak memory within {WORKER_MB:g} MB"
