@@ -52,7 +52,9 @@ class Actor:
 def _clean_log_value(value):
     """Newlines and control characters are encoded so one event stays one line."""
     text = str(value or "")
-    return text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")[:2000]
+    text = text.replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+    # Other control characters (NUL is refused by PostgreSQL text) are written as \xNN.
+    return "".join(ch if ch >= " " or ch == "\t" else f"\\x{ord(ch):02x}" for ch in text)[:2000]
 
 
 def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
@@ -146,14 +148,16 @@ def sign_in(email, password, ip="", user_agent=""):
     email = (email or "").strip().lower()[:254]
     throttled = _throttled(email, ip)
     user = User.get_or_none(User.email == email)
-    ok = verify_password(user.password_hash if user else None, password or "")
-    ok = ok and not throttled and user is not None and user.is_active
+    # While throttled no password is checked at all (the answer's timing is padded by the view).
+    ok = not throttled and verify_password(user.password_hash if user else None, password or "")
+    ok = ok and user is not None and user.is_active
     with transaction():
         SignInAttempt.create(email=email, ip=ip, success=ok)
         record_audit(Actor(user if ok else None, ip=ip), "sign_in", outcome="ok" if ok else "denied",
                      email=email, detail="throttled" if throttled else "")
-        if not ok:
-            raise RuleViolation(SIGN_IN_THROTTLED if throttled else SIGN_IN_REFUSED, 401)
+    if not ok:  # the refused attempt is committed: it counts for throttling
+        raise RuleViolation(SIGN_IN_THROTTLED if throttled else SIGN_IN_REFUSED, 401)
+    with transaction():
         if needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
         user.last_sign_in_at = utcnow()
@@ -184,10 +188,11 @@ def _check_new_password(user, new_password):
         raise RuleViolation(" ".join(problems), 422)
 
 
-def change_password(actor, current_password, new_password, keep_session=None):
-    """Change one's password (the current one is needed); other sessions end."""
+def change_password(actor, current_password, new_password, user_agent=""):
+    """Change one's password (the current one is needed). Every session ends, a copied
+    cookie included (R-AUTH-6); the caller continues in the new session returned."""
     from models import UserSession
-    from security import hash_password, verify_password
+    from security import hash_password, new_session_id, verify_password
 
     user = actor.user
     if not verify_password(user.password_hash, current_password or ""):
@@ -199,18 +204,19 @@ def change_password(actor, current_password, new_password, keep_session=None):
         user.password_changed_at = utcnow()
         user.link_version += 1
         user.save()
-        query = UserSession.update(revoked_at=utcnow()).where(
-            (UserSession.user == user) & UserSession.revoked_at.is_null())
-        if keep_session:
-            query = query.where(UserSession.id != keep_session)
-        query.execute()
+        revoke_sessions(user)
+        session = UserSession.create(id=new_session_id(), user=user, ip=actor.ip,
+                                     user_agent=(user_agent or "")[:300])
         record_audit(actor, "change_password", user)
+    return session
 
 
 def issue_link(user, purpose, secret_key, base_url, actor=None):
     """Email a single-use, expiring link (invitation or reset); older links stop working."""
     from security import make_link_token
 
+    if actor is not None and actor.user is not None and actor.user.id != user.id:
+        check_admin_scope(actor, user=user)
     with transaction():
         user.link_version += 1
         user.save()
@@ -285,6 +291,9 @@ def create_user(actor, email, name, is_admin=False, statewide=False, region_ids=
 
 def set_user_active(actor, user, active):
     """Deactivate (sessions end at once) or reactivate an account."""
+    check_admin_scope(actor, user=user)
+    if not active and actor is not None and actor.user is not None and actor.user.id == user.id:
+        raise RuleViolation("You cannot deactivate your own account.", 409)
     with transaction():
         user.is_active = active
         user.save()
@@ -297,6 +306,7 @@ def add_membership(actor, user, program, role):
     from models import MEMBER_ROLES, Membership
     if role not in MEMBER_ROLES:
         raise RuleViolation("Choose gatekeeper or provider.", 422)
+    check_admin_scope(actor, program=program)
     with transaction():
         row, created = Membership.get_or_create(user=user, program=program, role=role)
         record_audit(actor, "add_membership", row, detail=f"{role} of program {program.id}")
@@ -305,6 +315,7 @@ def add_membership(actor, user, program, role):
 
 def remove_membership(actor, membership):
     """Removing a role ends the user's sessions (R-AUTH-6)."""
+    check_admin_scope(actor, program=membership.program)
     with transaction():
         user = membership.user
         record_audit(actor, "remove_membership", membership,
@@ -345,3 +356,748 @@ def sign_agency_mou(actor, program, signature_name):
         program.mou_valid_until = mou.expires_on
         record_audit(actor, "sign_agency_mou", mou)
     return mou
+
+
+# ---------------------------------------------------------------------------
+# Subjects (R-SUBJ) and releases of information (R-ROI): issue 3
+# ---------------------------------------------------------------------------
+
+TEXT_CODE_VALID = dt.timedelta(hours=12)
+TEXT_MAX_WRONG_CODES = 5
+LINK_ATTEMPTS_PER_HOUR = 10
+YES_WORDS = frozenset({"yes", "y", "yes please", "si", "sí"})
+MAX_AGE_YEARS = 120
+
+
+class LikelyDuplicates(RuleViolation):
+    """Subjects that are probably the same person exist: the user decides (R-SUBJ-1)."""
+
+    status_code = 409
+
+    def __init__(self, candidates):
+        super().__init__("This client may already be in CONNECT. Check the possible matches "
+                         "below before adding a new subject.")
+        self.candidates = candidates
+
+
+def parse_phone(value):
+    """A US phone number in E.164 form (+14065550100); RuleViolation when it is not one."""
+    import phonenumbers
+
+    try:
+        number = phonenumbers.parse(value or "", "US")
+    except phonenumbers.NumberParseException:
+        number = None
+    if number is None or number.country_code != 1 or not phonenumbers.is_valid_number(number):
+        raise RuleViolation("Enter a 10-digit US phone number, such as (406) 555-0142.", 422)
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def check_dob(dob):
+    """A date of birth is not in the future and not more than 120 years ago."""
+    from models import local_today
+
+    if not isinstance(dob, dt.date):
+        raise RuleViolation("Enter the date of birth.", 422)
+    today = local_today()
+    if dob > today:
+        raise RuleViolation("The date of birth cannot be in the future.", 422)
+    try:
+        oldest = today.replace(year=today.year - MAX_AGE_YEARS)
+    except ValueError:  # 29 February
+        oldest = today.replace(year=today.year - MAX_AGE_YEARS, day=28)
+    if dob < oldest:
+        raise RuleViolation("The date of birth cannot be more than 120 years ago.", 422)
+    return dob
+
+
+def check_zip(value):
+    """Montana zip codes start with 59 (59001-59937)."""
+    import re
+
+    text = (value or "").strip()
+    if not re.fullmatch(r"59\d{3}(-\d{4})?", text):
+        raise RuleViolation("Enter a Montana zip code (5 digits starting with 59).", 422)
+    return text
+
+
+def clean_subject_fields(values):
+    """Validated subject fields (R-SUBJ-2..4) or RuleViolation naming every problem."""
+    from models import GENDERS, MILITARY, NO_PHONE, RACES, County, digits
+
+    clean, problems = {}, []
+    for key, label in (("first_name", "legal first name"), ("last_name", "legal last name"),
+                       ("city", "current city")):
+        clean[key] = " ".join((values.get(key) or "").split())[:100]
+        if not clean[key]:
+            problems.append(f"Enter the {label}.")
+    clean["middle_name"] = " ".join((values.get("middle_name") or "").split())[:100]
+    for key, allowed, label in (("gender", GENDERS, "current gender identity"),
+                                ("race", RACES, "race"), ("military", MILITARY, "military service")):
+        clean[key] = values.get(key) or ""
+        if clean[key] not in allowed:
+            problems.append(f"Choose the {label}.")
+    checks = (("dob", check_dob), ("zip_code", check_zip))
+    for key, check in checks:
+        try:
+            clean[key] = check(values.get(key))
+        except RuleViolation as exc:
+            problems.append(exc.message)
+    county = values.get("county")
+    county_id = county.id if hasattr(county, "id") else county
+    try:
+        clean["county"] = County.get_by_id(int(county_id))
+    except (TypeError, ValueError, County.DoesNotExist):
+        problems.append("Choose the current county from the list.")
+    clean["homeless"] = bool(values.get("homeless"))
+    address = " ".join((values.get("address") or "").split())[:200]
+    if not address and clean["homeless"]:
+        address = "0000 Street"  # the guide's convention (R-SUBJ-3)
+    if address.lower().startswith("0000 street"):
+        clean["homeless"] = True
+    clean["address"] = address
+    if not address:
+        problems.append("Enter the current address (for a client without one, tick "
+                        "\"Experiencing homelessness\" to use 0000 Street).")
+    clean["other_contact"] = (values.get("other_contact") or "").strip()[:500]
+    clean["email"] = (values.get("email") or "").strip()[:200]
+    phone = (values.get("phone") or "").strip()
+    clean["no_phone"] = bool(values.get("no_phone")) or digits(phone)[-10:] == NO_PHONE
+    clean["phone"] = ""
+    if clean["no_phone"]:
+        if not clean["other_contact"]:
+            problems.append("With \"No phone\", describe the best other way to reach the client.")
+    elif not phone:
+        problems.append("Enter a phone number, or tick \"No phone\" and give the best other contact.")
+    else:
+        try:
+            clean["phone"] = parse_phone(phone)
+        except RuleViolation as exc:
+            problems.append(exc.message)
+    if problems:
+        raise RuleViolation(" ".join(problems), 422)
+    return clean
+
+
+def _require(actor, permission):
+    if actor.program is None:
+        raise RuleViolation("Choose the program you act for first.", 403)
+    if not actor.user.can(permission, actor.program):
+        raise RuleViolation("Your role in this program does not allow this.", 403)
+
+
+def _link_subject(subject, program, reason):
+    from models import SubjectLink
+
+    SubjectLink.get_or_create(subject=subject, program=program, defaults={"reason": reason})
+
+
+def create_subject(actor, values, confirm_new=False):
+    """Add a subject after the duplicate check (R-SUBJ-1..4). An exact match links the
+    existing subject to the acting program instead; likely duplicates raise
+    LikelyDuplicates unless the user chose to add a new subject anyway.
+    Returns (subject, "created" | "matched")."""
+    import matching
+    from models import Subject
+
+    _require(actor, "create_subject")
+    clean = clean_subject_fields(values)
+    with transaction():
+        existing = matching.exact_matches(clean["first_name"], clean["last_name"], clean["dob"],
+                                          clean["phone"], clean["address"]).first()
+        if existing is not None:
+            _link_subject(existing, actor.program, "matched")
+            record_audit(actor, "match_subject", existing, subject=existing,
+                         detail="exact match at Add Subject")
+            return existing, "matched"
+        if not confirm_new:
+            found = matching.likely_duplicates(clean["first_name"], clean["last_name"],
+                                               clean["dob"], clean["phone"])
+            if found:
+                raise LikelyDuplicates([matching.masked(s) for _, s in found])
+        subject = Subject(**clean, created_by=actor.user, created_by_program=actor.program)
+        subject.fill_normalized()
+        subject.save()
+        _link_subject(subject, actor.program, "created")
+        record_audit(actor, "create_subject", subject, subject=subject,
+                     detail="after possible matches" if confirm_new else "")
+    return subject, "created"
+
+
+def link_existing_subject(actor, subject_id, first_name, last_name, dob, phone_or_address):
+    """Reach an existing subject with what the client tells the user (R-SUBJ-7): first and
+    last name, date of birth and the phone or address on file must match exactly."""
+    import matching
+    from models import AuditEvent, Subject
+
+    _require(actor, "create_subject")
+    since = utcnow() - dt.timedelta(hours=1)
+    failures = AuditEvent.select().where(
+        (AuditEvent.user == actor.user.id) & (AuditEvent.action == "link_subject")
+        & (AuditEvent.outcome == "denied") & (AuditEvent.at >= since)).count()
+    if failures >= LINK_ATTEMPTS_PER_HOUR:
+        raise RuleViolation("Too many details that did not match. Wait an hour, or add the "
+                            "client as a new subject.", 429)
+    try:
+        subject = Subject.get_or_none(Subject.id == int(subject_id))
+    except (TypeError, ValueError):
+        subject = None
+    if subject is None or not matching.matches_subject(subject, first_name, last_name, dob,
+                                                       phone_or_address):
+        audit_denial(actor, "link_subject", detail=f"subject {subject_id}: details did not match")
+        raise RuleViolation("What the client told you does not match this subject's phone or "
+                            "address on file. Ask again, or when in doubt add a new subject.", 422)
+    with transaction():
+        _link_subject(subject, actor.program, "matched")
+        record_audit(actor, "link_subject", subject, subject=subject, detail="client-confirmed match")
+    return subject
+
+
+def new_roi_reference():
+    import secrets
+
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    code = "".join(secrets.choice(alphabet) for _ in range(8))
+    return f"ROI-{code[:4]}-{code[4:]}"
+
+
+def start_roi(actor, subject, program_ids):
+    """A draft ROI naming the acting program and the chosen ones, all with a valid Agency
+    MOU (R-ROI-2, R-ROI-3, R-MOU-3)."""
+    from models import Program, Roi, RoiProgram, Subject
+
+    _require(actor, "start_roi")
+    if not Subject.visible_to(actor.user, actor.program).where(Subject.id == subject.id).exists():
+        raise NotFound("This subject was not found.")
+    if not actor.program.has_valid_mou():
+        raise RuleViolation("Your program's Agency MOU is not valid, so it cannot start an ROI. "
+                            "Ask your gatekeeper to sign it.", 409)
+    wanted = set()
+    for raw in program_ids or ():
+        try:
+            wanted.add(int(raw))
+        except (TypeError, ValueError):
+            continue
+    wanted.discard(actor.program.id)
+    if not wanted:
+        raise RuleViolation("Select at least one program for this ROI.", 422)
+    chosen = list(Program.with_valid_mou().where(Program.id.in_(wanted)))
+    if len(chosen) != len(wanted):
+        raise RuleViolation("A chosen program cannot be put on an ROI now (no valid Agency MOU). "
+                            "Search again and choose from the list.", 409)
+    with transaction():
+        roi = Roi.create(subject=subject, program=actor.program, created_by=actor.user,
+                         reference=new_roi_reference(), authorizer_name=subject.full_name)
+        for program in [actor.program, *chosen]:
+            RoiProgram.create(roi=roi, program=program)
+        record_audit(actor, "start_roi", roi, subject=subject.id,
+                     detail="programs " + ",".join(str(p.id) for p in chosen))
+    return roi
+
+
+def _own_roi(actor, roi, states):
+    """The acting program started this ROI and it is in one of `states`."""
+    from models import ROI_STATE_LABELS
+
+    if actor.program is None or roi.program_id != actor.program.id:
+        raise NotFound("This release of information was not found.")
+    if roi.state not in states:
+        raise RuleViolation(f"This ROI is {ROI_STATE_LABELS[roi.effective_state()].lower()}; "
+                            "it cannot be changed that way.", 409)
+
+
+def complete_roi(actor, roi, info_types, authorizer_kind, authorizer_name="", phone=None):
+    """The "Complete ROI" details (R-ROI-4): information types, who authorizes, and the
+    client's phone when it was updated here."""
+    from models import AUTHORIZER_KINDS, INFO_TYPES, ROI_AWAITING, ROI_DRAFT
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_DRAFT, ROI_AWAITING))
+    chosen = [code for code in INFO_TYPES if code in set(info_types or ())]
+    if not chosen:
+        raise RuleViolation("Tick at least one type of information the client agrees to share.", 422)
+    if authorizer_kind not in AUTHORIZER_KINDS:
+        raise RuleViolation("Choose who authorizes this ROI.", 422)
+    subject = roi.subject
+    name = subject.full_name if authorizer_kind == "client" else " ".join((authorizer_name or "").split())
+    if not name:
+        raise RuleViolation(f"Enter the name of the {AUTHORIZER_KINDS[authorizer_kind].lower()} "
+                            "who authorizes this ROI.", 422)
+    new_phone = parse_phone(phone) if phone and phone.strip() else None
+    with transaction():
+        if new_phone and new_phone != subject.phone:
+            subject.phone, subject.no_phone, subject.updated_at = new_phone, False, utcnow()
+            subject.fill_normalized()
+            subject.save()
+            record_audit(actor, "update_subject_phone", subject, subject=subject)
+        roi.info_types = ",".join(chosen)
+        roi.authorizer_kind, roi.authorizer_name = authorizer_kind, name[:200]
+        roi.updated_at = utcnow()
+        roi.save()
+        record_audit(actor, "complete_roi", roi, subject=subject.id, detail=roi.info_types)
+    return roi
+
+
+def _check_details(roi):
+    if not roi.info_type_set or not roi.authorizer_name:
+        raise RuleViolation("Complete the ROI first: information types and who authorizes it.", 422)
+
+
+def _sign(actor, roi, method):
+    """Signed now; valid through the anniversary of the local signing date (R-ROI-1).
+    Every program on it may then see the subject (R-ROI-3). Inside a transaction."""
+    from models import ROI_SIGNED, last_valid_day, to_local_date
+
+    now = utcnow()
+    roi.state, roi.signature_method = ROI_SIGNED, method
+    roi.signed_at, roi.signed_on = now, to_local_date(now)
+    roi.expires_on = last_valid_day(roi.signed_on)
+    roi.updated_at = now
+    roi.save()
+    for row in roi.roi_programs:
+        _link_subject(roi.subject_id, row.program_id, "roi")
+    record_audit(actor, "sign_roi", roi, subject=roi.subject_id,
+                 detail=f"{method}; valid through {roi.expires_on.isoformat()}")
+
+
+def _same_name(a, b):
+    return "".join((a or "").lower().split()) == "".join((b or "").lower().split())
+
+
+def sign_roi_esign(actor, roi, typed_name, agreed):
+    """E-Sign (R-ROI-5): the typed name is the authorizer's (case and spaces aside) and
+    "yes" is ticked."""
+    from models import ROI_AWAITING, ROI_DRAFT, SIGN_ESIGN
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_DRAFT, ROI_AWAITING))
+    _check_details(roi)
+    if not _same_name(typed_name, roi.authorizer_name):
+        raise RuleViolation(f"The typed name must be the name of the person authorizing: "
+                            f"{roi.authorizer_name}.", 422)
+    if not agreed:
+        raise RuleViolation("Tick \"Yes\" to sign the ROI electronically.", 422)
+    with transaction():
+        _sign(actor, roi, SIGN_ESIGN)
+    return roi
+
+
+def _program_names(roi):
+    return ", ".join(row.program.name for row in roi.roi_programs)
+
+
+def send_roi_text(actor, roi, phone=None):
+    """Text Message (R-ROI-6): ask the client's cell phone to reply YES; once they have,
+    sending again texts a new code that keeps the first code's 12-hour expiry."""
+    from models import ROI_AWAITING, ROI_DRAFT, SIGN_TEXT
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_DRAFT, ROI_AWAITING))
+    _check_details(roi)
+    number = parse_phone(phone or roi.text_phone or roi.subject.phone)
+    if roi.text_state == "locked":
+        raise RuleViolation("Too many wrong codes were entered: the text signature of this ROI "
+                            "is locked. Use E-Sign or Upload, or start a new ROI.", 409)
+    now = utcnow()
+    with transaction():
+        if roi.text_state == "replied" and number == roi.text_phone:
+            if now > roi.text_code_first_sent_at + TEXT_CODE_VALID:
+                raise RuleViolation("The security code expired 12 hours after it was first sent. "
+                                    "Start new ROI(s) to ask the client again.", 409)
+            _text_code(roi, now)
+            action = "resend_roi_code"
+        else:
+            roi.text_phone, roi.text_state, roi.text_asked_at = number, "asked", now
+            roi.text_code_hash, roi.text_code_first_sent_at, roi.text_code_sends = "", None, 0
+            queue_text(number, f"CONNECT: {roi.program.agency.name} asks you to sign a release of "
+                               f"information ({roi.reference}) to share your information with "
+                               f"{_program_names(roi)}. Reply YES to get a security code.",
+                       kind="roi_text_ask")
+            action = "send_roi_text"
+        roi.signature_method, roi.state, roi.updated_at = SIGN_TEXT, ROI_AWAITING, now
+        roi.save()
+        record_audit(actor, action, roi, subject=roi.subject_id, detail=f"to ...{number[-2:]}")
+    return roi
+
+
+def _text_code(roi, now):
+    """A new 6-digit code, stored hashed; the expiry stays 12 h after the first one."""
+    import secrets
+
+    from models import local_zone
+    from security import hash_password
+
+    code = f"{secrets.randbelow(10 ** 6):06d}"
+    roi.text_code_hash = hash_password(code)
+    roi.text_code_first_sent_at = roi.text_code_first_sent_at or now
+    roi.text_code_sends += 1
+    roi.text_state = "replied"
+    until = (roi.text_code_first_sent_at + TEXT_CODE_VALID).replace(tzinfo=dt.timezone.utc)
+    until_text = until.astimezone(local_zone()).strftime("%b %-d %-I:%M %p")
+    queue_text(roi.text_phone, f"CONNECT: your security code for release {roi.reference} is "
+                               f"{code}. Give it to the person helping you. Valid until "
+                               f"{until_text}.", kind="roi_text_code")
+    return code
+
+
+def handle_inbound_text(from_phone, body):
+    """A client's reply (R-ROI-6), already authenticated by the webhook signature.
+
+    YES applies to the most recently asked ROI of that number that still awaits a text
+    signature (one code per reply); the text says which ROI it is and how many others
+    still wait, which a later YES handles once this one is signed. Anything else, or an
+    unknown number, changes nothing. Returns "code_sent" or "ignored"."""
+    from models import ROI_AWAITING, SIGN_TEXT, Roi
+
+    try:
+        number = parse_phone(from_phone)
+    except RuleViolation:
+        return "ignored"
+    if " ".join((body or "").strip().strip(".!").lower().split()) not in YES_WORDS:
+        return "ignored"
+    now = utcnow()
+    waiting = [roi for roi in Roi.select().where(
+        (Roi.text_phone == number) & (Roi.state == ROI_AWAITING) & (Roi.signature_method == SIGN_TEXT)
+        & Roi.text_state.in_(("asked", "replied"))).order_by(Roi.text_asked_at.desc(), Roi.id.desc())
+        if now <= (roi.text_code_first_sent_at or roi.text_asked_at) + TEXT_CODE_VALID]
+    if not waiting:
+        return "ignored"
+    roi = waiting[0]
+    with transaction():
+        _text_code(roi, now)
+        if len(waiting) > 1:
+            queue_text(number, f"CONNECT: {len(waiting) - 1} other release(s) also wait for you. "
+                               "Reply YES again after this one is done to get their code.",
+                       kind="roi_text_more")
+        roi.updated_at = now
+        roi.save()
+        record_audit(None, "text_reply_yes", roi, subject=roi.subject_id,
+                     detail=f"from ...{number[-2:]}; {len(waiting) - 1} other waiting")
+    return "code_sent"
+
+
+def confirm_roi_code(actor, roi, code):
+    """The user enters the code the client received: signed if right and within 12 hours
+    of the first send; five wrong entries lock the text signature."""
+    from models import ROI_AWAITING, SIGN_TEXT
+    from security import verify_password
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_AWAITING,))
+    if roi.signature_method != SIGN_TEXT:
+        raise RuleViolation("This ROI is not waiting for a text-message code.", 409)
+    if roi.text_state == "locked" or roi.text_failed_attempts >= TEXT_MAX_WRONG_CODES:
+        raise RuleViolation("Too many wrong codes were entered: the text signature of this ROI "
+                            "is locked. Use E-Sign or Upload, or start a new ROI.", 409)
+    if roi.text_state != "replied" or not roi.text_code_hash:
+        raise RuleViolation("The client has not replied YES yet, so no code was sent.", 409)
+    if utcnow() > roi.text_code_first_sent_at + TEXT_CODE_VALID:
+        raise RuleViolation("The security code expired 12 hours after it was first sent. "
+                            "Start new ROI(s) to ask the client again.", 409)
+    code = "".join((code or "").split())
+    if len(code) == 6 and code.isdigit() and verify_password(roi.text_code_hash, code):
+        with transaction():
+            roi.text_state = "confirmed"
+            _sign(actor, roi, SIGN_TEXT)
+        return roi
+    with transaction():
+        roi.text_failed_attempts += 1
+        left = TEXT_MAX_WRONG_CODES - roi.text_failed_attempts
+        if left <= 0:
+            roi.text_state = "locked"
+        roi.save()
+        record_audit(actor, "confirm_roi_code", roi, subject=roi.subject_id, outcome="denied",
+                     detail=f"wrong code; {max(left, 0)} tries left")
+    if left <= 0:
+        raise RuleViolation("Wrong code, five times: the text signature of this ROI is now "
+                            "locked. Use E-Sign or Upload, or start a new ROI.", 409)
+    raise RuleViolation(f"That code is not right. {left} tries left.", 422)
+
+
+def mark_roi_on_paper(actor, roi):
+    """Upload (R-ROI-7): the client signs the printed ROI; it waits for the scan."""
+    from models import ROI_AWAITING, ROI_DRAFT, SIGN_UPLOAD
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_DRAFT, ROI_AWAITING))
+    _check_details(roi)
+    with transaction():
+        roi.signature_method, roi.state, roi.updated_at = SIGN_UPLOAD, ROI_AWAITING, utcnow()
+        roi.save()
+        record_audit(actor, "mark_roi_on_paper", roi, subject=roi.subject_id)
+    return roi
+
+
+def attach_roi_scan(actor, roi, data, filename, upload_dir, limit):
+    """Attach (or replace) the signed scan after the checks of R-SAFE-4; the ROI counts
+    as signed from then on. Returns the ROI."""
+    import uploads
+    from models import ROI_AWAITING, ROI_SIGNED, SIGN_UPLOAD
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_AWAITING, ROI_SIGNED))
+    if roi.signature_method != SIGN_UPLOAD:
+        raise RuleViolation("Choose \"Upload\" as the signature method before attaching a scan.", 409)
+    uploads.check_pdf(data, limit)
+    name = uploads.store(data, upload_dir)
+    old = roi.attachment_path
+    try:
+        with transaction():
+            roi.attachment_path, roi.attachment_name = name, uploads.safe_filename(filename)
+            roi.attachment_size, roi.attachment_uploaded_at = len(data), utcnow()
+            roi.save()
+            record_audit(actor, "replace_roi_scan" if old else "attach_roi_scan", roi,
+                         subject=roi.subject_id, detail=f"{len(data)} bytes")
+            if roi.state == ROI_AWAITING:
+                _sign(actor, roi, SIGN_UPLOAD)
+    except Exception:
+        uploads.remove(name, upload_dir)
+        raise
+    if old:
+        uploads.remove(old, upload_dir)
+    return roi
+
+
+def delete_roi_scan(actor, roi, upload_dir):
+    """Delete the attachment; an upload ROI without its scan waits for one again."""
+    import uploads
+    from models import ROI_AWAITING, ROI_SIGNED, SIGN_UPLOAD
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_AWAITING, ROI_SIGNED))
+    if not roi.attachment_path:
+        raise RuleViolation("This ROI has no attachment to delete.", 409)
+    old = roi.attachment_path
+    with transaction():
+        roi.attachment_path, roi.attachment_name, roi.attachment_size = "", "", 0
+        roi.attachment_uploaded_at = None
+        if roi.state == ROI_SIGNED and roi.signature_method == SIGN_UPLOAD:
+            roi.state, roi.signed_at, roi.signed_on, roi.expires_on = ROI_AWAITING, None, None, None
+        roi.updated_at = utcnow()
+        roi.save()
+        record_audit(actor, "delete_roi_scan", roi, subject=roi.subject_id)
+    uploads.remove(old, upload_dir)
+    return roi
+
+
+def revoke_roi(actor, roi, reason):
+    """Revoke (R-ROI-8): no new referral under it; referrals already sent keep their
+    history. The program that started it, or any program on a signed ROI, may revoke."""
+    from models import ROI_REVOKED, Roi
+
+    _require(actor, "revoke_roi")
+    if not Roi.visible_to(actor.user, actor.program).where(Roi.id == roi.id).exists():
+        raise NotFound("This release of information was not found.")
+    reason = (reason or "").strip()
+    if not reason:
+        raise RuleViolation("Give the reason for revoking this ROI.", 422)
+    if roi.state == ROI_REVOKED:
+        raise RuleViolation("This ROI is already revoked.", 409)
+    now = utcnow()
+    with transaction():
+        roi.state, roi.revoked_at, roi.revoked_by = ROI_REVOKED, now, actor.user
+        roi.revoked_reason, roi.updated_at = reason[:2000], now
+        roi.save()
+        record_audit(actor, "revoke_roi", roi, subject=roi.subject_id, detail=reason)
+        for row in roi.roi_programs:
+            if row.program_id == actor.program.id:
+                continue
+            for gatekeeper in gatekeepers_of(row.program_id):
+                notify(gatekeeper, f"ROI {roi.reference} naming your program was revoked.",
+                       "roi_revoked", program=row.program_id)
+    return roi
+
+
+# ---------------------------------------------------------------------------
+# Administrators' screens (accounts area): scope, network records, users, reminders
+# ---------------------------------------------------------------------------
+
+def check_admin_scope(actor, program=None, user=None):
+    """A regional coordinator manages only the programs and people of their regions."""
+    from models import Program, User, programs_managed_by, users_managed_by
+
+    if actor is None or actor.user is None:
+        return  # the CLI acts with the machine's authority
+    if not actor.user.is_admin:
+        raise RuleViolation("Only a designated administrator can do this.", 403)
+    if program is not None and not programs_managed_by(actor.user).where(
+            Program.id == program.id).exists():
+        raise NotFound("That program does not exist.")
+    if user is not None and not users_managed_by(actor.user).where(User.id == user.id).exists():
+        raise NotFound("That account does not exist.")
+
+
+def save_record(actor, obj, populate, after_save=None):
+    """Create or change a network record (region, county, agency, program, intake section…)
+    from an administrator's form: rows, links and audit row in one transaction."""
+    from peewee import IntegrityError
+
+    created = obj.id is None
+    try:
+        with transaction():
+            populate(obj)
+            obj.save(force_insert=created) if created else obj.save()
+            if after_save is not None:
+                after_save(obj)
+            record_audit(actor, f"{'create' if created else 'update'}_{obj._meta.table_name}", obj)
+    except IntegrityError as exc:
+        if created:
+            obj.id = None
+        raise RuleViolation("This would duplicate an existing record or break a link to "
+                            "another record; nothing was saved.", 409) from exc
+    return obj
+
+
+def set_program_links(program, counties=None, services=None, insurance_types=None):
+    """Replace a program's counties served, services and insurance accepted (R-NET-1)."""
+    from models import ProgramCounty, ProgramInsurance, ProgramService
+
+    for model, field, rows in ((ProgramCounty, "county", counties),
+                               (ProgramService, "service", services),
+                               (ProgramInsurance, "insurance_type", insurance_types)):
+        if rows is None:
+            continue
+        wanted = {row.id for row in rows}
+        have = {getattr(link, f"{field}_id") for link in model.select().where(model.program == program)}
+        if have - wanted:
+            model.delete().where((model.program == program)
+                                 & getattr(model, field).in_(list(have - wanted))).execute()
+        for key in wanted - have:
+            model.create(program=program, **{field: key})
+
+
+def update_user(actor, user, name, phone="", is_admin=None, statewide=None, region_ids=None):
+    """Change an account's name, phone and (statewide administrators only) admin scope."""
+    from models import AdminRegion
+
+    check_admin_scope(actor, user=user)
+    if not (name or "").strip():
+        raise RuleViolation("Enter the person's name.", 422)
+    touches_scope = is_admin is not None or statewide is not None or region_ids is not None
+    if touches_scope and actor is not None and not actor.user.admin_statewide:
+        raise RuleViolation("Only a statewide administrator can change who is an administrator.", 403)
+    with transaction():
+        user.name = name.strip()
+        user.phone = (phone or "").strip()
+        if is_admin is not None:
+            user.is_admin = bool(is_admin)
+        if statewide is not None:
+            user.admin_statewide = bool(statewide) and user.is_admin
+        user.save()
+        if region_ids is not None:
+            AdminRegion.delete().where(AdminRegion.user == user).execute()
+            for region_id in region_ids if user.is_admin else ():
+                AdminRegion.create(user=user, region=region_id)
+        record_audit(actor, "update_user", user)
+    return user
+
+
+def invite_user(actor, email, name, phone="", program=None, role=None, is_admin=False,
+                statewide=False, region_ids=(), secret_key=None, base_url=""):
+    """An administrator creates an account; the person gets an invitation email (R-AUTH-1)."""
+    if actor is not None and actor.user is not None and not actor.user.admin_statewide:
+        if is_admin or statewide or region_ids:
+            raise RuleViolation("Only a statewide administrator can create administrators.", 403)
+        if program is None:
+            raise RuleViolation("Choose the program the person works for.", 422)
+    if program is not None:
+        check_admin_scope(actor, program=program)
+        if role not in ("gatekeeper", "provider"):
+            raise RuleViolation("Choose gatekeeper or provider.", 422)
+    user = create_user(actor, email, name, is_admin=is_admin, statewide=statewide and is_admin,
+                       region_ids=region_ids if is_admin else (),
+                       memberships=[(program, role)] if program is not None else (),
+                       secret_key=secret_key, base_url=base_url)
+    if phone:
+        with transaction():
+            user.phone = phone.strip()[:30]
+            user.save()
+    return user
+
+
+def _reminder_stage(days_left):
+    """Which reminder is due: 30 and 7 days before the last valid day, and on expiry."""
+    if days_left < 0:
+        return "expired"
+    if days_left <= 7:
+        return "7"
+    if days_left <= 30:
+        return "30"
+    return None
+
+
+def _send_reminder_once(key, recipients, message, link, subject, body, program=None, base=""):
+    """One reminder to each recipient (bell and email), once per key (SentReminder)."""
+    from peewee import IntegrityError
+
+    from models import SentReminder
+
+    try:
+        with transaction():
+            if SentReminder.select().where(SentReminder.key == key).exists():
+                return False
+            SentReminder.create(key=key)
+            for user in recipients:
+                notify(user, message, "mou_reminder", link=link, program=program,
+                       email_subject=subject,
+                       email_body=f"Hello {user.name},\n\n{body}\n\n{base}{link}\n")
+            record_audit(None, "send_mou_reminder", detail=key)
+    except IntegrityError:  # another worker sent it at the same moment
+        return False
+    return True
+
+
+def mou_reminder_recipients(program):
+    """The program's gatekeepers, the administrators of its region and statewide ones."""
+    from models import AdminRegion, User
+
+    regional = AdminRegion.select(AdminRegion.user).where(AdminRegion.region == program.agency.region_id)
+    admins = User.select().where(User.is_active & User.is_admin
+                                 & (User.admin_statewide | User.id.in_(regional)))
+    people = {u.id: u for u in gatekeepers_of(program)}
+    people.update({u.id: u for u in admins})
+    return list(people.values())
+
+
+def send_mou_reminders(day=None, base_url=None):
+    """R-MOU-4: Agency and User MOU reminders 30 and 7 days ahead and on expiry, once each.
+    Expiries older than 30 days are not announced (a new deployment stays quiet)."""
+    import os
+
+    from models import Program, User, UserMou, fn, local_today
+
+    day = day or local_today()
+    base = (base_url or os.environ.get("BASE_URL", "http://127.0.0.1:5000")).rstrip("/")
+    window = (day - dt.timedelta(days=30), day + dt.timedelta(days=30))
+    sent = 0
+    programs = Program.select().where(Program.active & Program.mou_valid_until.between(*window))
+    for program in programs:
+        stage = _reminder_stage((program.mou_valid_until - day).days)
+        if stage is None:
+            continue
+        until = program.mou_valid_until.isoformat()
+        if stage == "expired":
+            text = (f"The Agency MOU of {program.label} expired after {until}. The program is "
+                    "hidden from directory searches and cannot receive referrals until a "
+                    "gatekeeper signs it again.")
+        else:
+            text = f"The Agency MOU of {program.label} is valid through {until}. A gatekeeper should sign it again before then."
+        sent += _send_reminder_once(
+            f"agency_mou:{program.id}:{until}:{stage}", mou_reminder_recipients(program), text,
+            "/agency-mou/", f"CONNECT: Agency MOU of {program.name} "
+            + ("expired" if stage == "expired" else "expires soon"), text, program=program, base=base)
+    last = fn.MAX(UserMou.expires_on)
+    rows = (UserMou.select(UserMou.user, last.alias("until")).join(User)
+            .where(User.is_active).group_by(UserMou.user).having(last.between(*window)))
+    for row in rows:
+        until = row.until if isinstance(row.until, dt.date) else dt.date.fromisoformat(str(row.until))
+        stage = _reminder_stage((until - day).days)
+        if stage is None:
+            continue
+        user = User.get_by_id(row.user_id)
+        text = (f"Your User MOU expired after {until.isoformat()}. Sign it again to open subjects "
+                "and referrals." if stage == "expired"
+                else f"Your User MOU is valid through {until.isoformat()}. Please sign it again before then.")
+        sent += _send_reminder_once(f"user_mou:{user.id}:{until.isoformat()}:{stage}", [user], text,
+                                    "/auth/user-mou", "CONNECT: your User MOU", text, base=base)
+    return sent
