@@ -66,15 +66,28 @@ def summary_path(backend, size):
     return OUT / f"{backend}-{size}.json"
 
 
+def schema_fingerprint():
+    """Changes when a table, column or index of models.py changes: the cached data set is
+    then generated again."""
+    import hashlib
+    shape = [(m._meta.table_name, [(f.column_name, f.field_type, f.index, f.unique, f.null)
+                                   for f in m._meta.sorted_fields], repr(m._meta.indexes))
+             for m in models.ALL_MODELS]
+    return hashlib.sha1(json.dumps(shape, default=str).encode()).hexdigest()[:12]
+
+
 def ensure_database(backend, size, regenerate=False):
-    """The generated database's summary; generates it when missing."""
+    """The generated database's summary; generates it when missing or out of date."""
     OUT.mkdir(exist_ok=True)
     url = database_url(backend, size)
     meta = summary_path(backend, size)
     if meta.exists() and not regenerate:
         summary = json.loads(meta.read_text())
-        if backend == "postgres" or os.path.exists(url[len("sqlite:///"):]):
+        fresh = summary.get("schema") == schema_fingerprint()
+        if fresh and (backend == "postgres" or os.path.exists(url[len("sqlite:///"):])):
             return summary
+        print(f"[bench] {backend}: cached data set missing or made for another schema",
+              flush=True)
     if backend == "sqlite":
         path = url[len("sqlite:///"):]
         for suffix in ("", "-wal", "-shm"):
@@ -104,6 +117,7 @@ def ensure_database(backend, size, regenerate=False):
                                           sizes["referrals"], 1, progress)
     _close_all()
     print(f"[bench] generated in {summary['seconds']['total']} s", flush=True)
+    summary["schema"] = schema_fingerprint()
     meta.write_text(json.dumps(summary, indent=2))
     return summary
 
