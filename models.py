@@ -849,7 +849,9 @@ class Referral(TimestampedModel):
         if program is None:
             return cls.select().where(cls.id.is_null())
         roles = user.roles_in(program)
-        received = cls.to_program == program
+        # Drafts are the sender's own: the receiving side never sees them.
+        received = (cls.to_program == program) & cls.state.not_in(
+            (REFERRAL_PENDING, REFERRAL_DISCARDED))
         if ROLE_GATEKEEPER not in roles:
             received = received & (cls.assigned_to == user)
         sent = cls.from_program == program
