@@ -12,7 +12,8 @@ Shape (numbers for the statewide size; they scale with the arguments):
 - 14 regions and 56 counties from data/, ~700 agencies, 2,000 programs with Agency MOUs
   (one in ten expired), 5 users per program (2 gatekeepers, 3 providers) with User MOUs.
 - The first programs are hubs (one per 400 programs, at least one): they receive 10% of
-  the referrals, the first hub a third of that share.
+  the referrals and are the home program of 10% of the clients (so they send as much),
+  the first hub a third of each share.
 - Clients created over three years, each with a signed ROI naming their home program
   (plus every program they were referred to) and links to those programs.
 - Referrals over three years from the client's home program: recent ones mostly open
@@ -385,7 +386,7 @@ def generate_scale(programs=2000, subjects=1_000_000, referrals=3_000_000, seed=
         return f"({start_s} + ({j}) * {span} / {n_subj} + {sql.h(j, 1)} % 3600)"
 
     def home(j):
-        return f"({sql.h(j, 2)} % {n_prog})"
+        return home_sql(sql, j, n_prog, n_hubs)
 
     # --- subjects ------------------------------------------------------------
     t0 = time.monotonic()
@@ -525,6 +526,14 @@ def generate_scale(programs=2000, subjects=1_000_000, referrals=3_000_000, seed=
             "index_seconds": dict(sorted(index_seconds.items(), key=lambda kv: -kv[1]))}
 
 
+def home_sql(sql, j, n_prog, n_hubs):
+    """The home program index of client j: a hub for one client in ten (hubs send as much
+    as they receive; the first hub a third of that), any program otherwise."""
+    hub = f"CASE WHEN {sql.h(j, 41)} % 3 = 0 THEN 0 ELSE {sql.h(j, 41)} % {n_hubs} END"
+    return (f"(CASE WHEN {sql.h(j, 40)} % 100 < {HUB_SHARE} THEN {hub} "
+            f"ELSE {sql.h(j, 2)} % {n_prog} END)")
+
+
 def bench_email(program_index, slot):
     kind = "gk" if slot in GATEKEEPER_SLOTS else "pr"
     return f"p{program_index + 1}.{kind}{slot}@{BENCH_DOMAIN}"
@@ -590,7 +599,7 @@ def _levels(sql, source, k):
         recent_case.append(f"WHEN {u} < {up_recent} THEN {q(state)}")
     state = (f"CASE WHEN cs > {k['recent_s']} THEN CASE {' '.join(recent_case)} END "
              f"ELSE CASE {' '.join(old_case)} END END")
-    level2 = (f"SELECT r, j, cs, {h('j', 2)} % {n_prog} AS f, {t0} AS t0, {state} AS st, "
+    level2 = (f"SELECT r, j, cs, {home_sql(sql, 'j', n_prog, n_hubs)} AS f, {t0} AS t0, {state} AS st, "
               f"300 + {h('r', 8)} % 7200 AS d_send, "
               f"1800 + {h('r', 9)} % 432000 + CASE WHEN {h('r', 9)} % 20 = 0 THEN 604800 ELSE 0 END AS d_ack, "
               f"86400 + {h('r', 10)} % 5184000 AS d_out "
