@@ -873,8 +873,10 @@ class ReferralEvent(BaseModel):
     """The history of a referral: every move and status change with who and when."""
     referral = ForeignKeyField(Referral, index=False, backref="events", on_delete="CASCADE")
     at = DateTimeField(default=utcnow)
-    user = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
-    program = ForeignKeyField(Program, null=True, on_delete="SET NULL", backref="+")
+    # Not indexed: history is read per referral; users and programs are never deleted
+    # (deactivated), so SET NULL never has to find these rows (issue 6: ~3 rows per referral).
+    user = ForeignKeyField(User, index=False, null=True, on_delete="SET NULL", backref="+")
+    program = ForeignKeyField(Program, index=False, null=True, on_delete="SET NULL", backref="+")
     kind = CharField(max_length=30)  # saved, sent, assigned, reassigned, declined, ...
     from_state = CharField(max_length=20, default="")
     to_state = CharField(max_length=20, default="")
