@@ -29,15 +29,15 @@ def judge(backend, entry):
     gate_q = gate["queries"] if _ok(gate) else 0
     gate_ms = gate["median"] if _ok(gate) else 0.0
     verdicts = []
+    limit = LIST_LIMIT.get(backend, 5.0)
 
     def fixed_cost_cause(row):
-        if not _ok(gate) or not row.get("floor_median"):
+        if not _ok(gate) or not row.get("floor_median") or gate_ms < limit * row["floor_median"]:
             return ""
         return (f"; the sign-in gate alone costs {gate_ms:.1f} ms ({gate_q} queries), "
                 f"{gate_ms / row['floor_median']:.1f}× this floor")
 
     # Lists within N× their floor.
-    limit = LIST_LIMIT.get(backend, 5.0)
     names = ["Incoming queue, page 1 (open referrals)", "Incoming queue, Any Status, page 1",
              "Incoming queue, Any Status, page 1000", "Sent list, page 1 (open referrals)",
              "Sent list, Any Status, page 1", "Sent list, Any Status, page 1000"]
