@@ -45,7 +45,11 @@ run: deps data/connect.db
 test: deps
 	XDG_RUNTIME_DIR=$${XDG_RUNTIME_DIR:-/tmp/connect-xdg} $(PY) -m pytest -n 2 --dist loadfile -q -p no:cacheprovider tests
 
+# Benchmarks (issue 6): wrk from Debian drives the load run; data cached in bench/out/.
 bench: deps
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "The load run needs wrk: sudo apt-get install wrk"; fi; }
 	$(PY) -m bench.run
 
 soak: deps

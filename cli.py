@@ -242,3 +242,7 @@ def init_cli(app):
 
     from api.hsds import register_cli  # HSDS 3.0 export-hsds and import-hsds
     register_cli(app)
+
+    # Benchmarks (issue 6): flask --app app generate-scale
+    from bench.generate import register_cli as register_bench_cli
+    register_bench_cli(app)

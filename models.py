@@ -685,8 +685,8 @@ class Subject(TimestampedModel):
 
 class SubjectLink(BaseModel):
     """Which programs may see a subject: creator, exact-match link (R-SUBJ-7), ROI, referral."""
-    subject = ForeignKeyField(Subject, backref="links", on_delete="CASCADE")
-    program = ForeignKeyField(Program, backref="subject_links", on_delete="CASCADE")
+    subject = ForeignKeyField(Subject, index=False, backref="links", on_delete="CASCADE")
+    program = ForeignKeyField(Program, index=False, backref="subject_links", on_delete="CASCADE")
     reason = CharField(max_length=30)  # created, matched, roi, referral
     created_at = DateTimeField(default=utcnow)
 
@@ -699,7 +699,7 @@ class SubjectLink(BaseModel):
 # ---------------------------------------------------------------------------
 
 class Roi(TimestampedModel):
-    subject = ForeignKeyField(Subject, backref="rois", on_delete="RESTRICT")
+    subject = ForeignKeyField(Subject, index=False, backref="rois", on_delete="RESTRICT")
     program = ForeignKeyField(Program, backref="started_rois", on_delete="RESTRICT")
     created_by = ForeignKeyField(User, null=True, on_delete="SET NULL")
     state = CharField(max_length=20, default=ROI_DRAFT, index=True)
@@ -778,8 +778,8 @@ class Roi(TimestampedModel):
 
 
 class RoiProgram(BaseModel):
-    roi = ForeignKeyField(Roi, backref="roi_programs", on_delete="CASCADE")
-    program = ForeignKeyField(Program, backref="roi_links", on_delete="RESTRICT")
+    roi = ForeignKeyField(Roi, index=False, backref="roi_programs", on_delete="CASCADE")
+    program = ForeignKeyField(Program, index=False, backref="roi_links", on_delete="RESTRICT")
 
     class Meta:
         indexes = ((("roi", "program"), True), (("program", "roi"), False))
@@ -789,17 +789,19 @@ class RoiProgram(BaseModel):
 # Referrals
 # ---------------------------------------------------------------------------
 
+# index=False on a foreign key: a composite index below starts with that column already
+# (one index less to write on every insert and to build at statewide scale, issue 6).
 class Referral(TimestampedModel):
-    subject = ForeignKeyField(Subject, backref="referrals", on_delete="RESTRICT")
+    subject = ForeignKeyField(Subject, index=False, backref="referrals", on_delete="RESTRICT")
     roi = ForeignKeyField(Roi, backref="referrals", on_delete="RESTRICT")
-    from_program = ForeignKeyField(Program, backref="sent_referrals", on_delete="RESTRICT")
-    from_agency = ForeignKeyField(Agency, backref="+", on_delete="RESTRICT")
-    to_program = ForeignKeyField(Program, backref="received_referrals", on_delete="RESTRICT")
-    to_agency = ForeignKeyField(Agency, backref="+", on_delete="RESTRICT")
+    from_program = ForeignKeyField(Program, index=False, backref="sent_referrals", on_delete="RESTRICT")
+    from_agency = ForeignKeyField(Agency, index=False, backref="+", on_delete="RESTRICT")
+    to_program = ForeignKeyField(Program, index=False, backref="received_referrals", on_delete="RESTRICT")
+    to_agency = ForeignKeyField(Agency, index=False, backref="+", on_delete="RESTRICT")
     created_by = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
     state = CharField(max_length=20, default=REFERRAL_PENDING)
     status = CharField(max_length=60, null=True)  # outcome label of R-STAT-1
-    assigned_to = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
+    assigned_to = ForeignKeyField(User, index=False, null=True, on_delete="SET NULL", backref="+")
     answers = TextField(default="{}")  # JSON: question id -> answer
     personal_info = TextField(default="{}")  # JSON snapshot of the Personal Info tab
     insurance_confirmed = BooleanField(default=False)
@@ -869,10 +871,12 @@ class Referral(TimestampedModel):
 
 class ReferralEvent(BaseModel):
     """The history of a referral: every move and status change with who and when."""
-    referral = ForeignKeyField(Referral, backref="events", on_delete="CASCADE")
+    referral = ForeignKeyField(Referral, index=False, backref="events", on_delete="CASCADE")
     at = DateTimeField(default=utcnow)
-    user = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
-    program = ForeignKeyField(Program, null=True, on_delete="SET NULL", backref="+")
+    # Not indexed: history is read per referral; users and programs are never deleted
+    # (deactivated), so SET NULL never has to find these rows (issue 6: ~3 rows per referral).
+    user = ForeignKeyField(User, index=False, null=True, on_delete="SET NULL", backref="+")
+    program = ForeignKeyField(Program, index=False, null=True, on_delete="SET NULL", backref="+")
     kind = CharField(max_length=30)  # saved, sent, assigned, reassigned, declined, ...
     from_state = CharField(max_length=20, default="")
     to_state = CharField(max_length=20, default="")
@@ -884,7 +888,7 @@ class ReferralEvent(BaseModel):
 
 
 class ReferralNote(BaseModel):
-    referral = ForeignKeyField(Referral, backref="notes", on_delete="CASCADE")
+    referral = ForeignKeyField(Referral, index=False, backref="notes", on_delete="CASCADE")
     author = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
     program = ForeignKeyField(Program, null=True, on_delete="SET NULL", backref="+")
     kind = CharField(max_length=20, default="other")
@@ -897,7 +901,7 @@ class ReferralNote(BaseModel):
 
 
 class ProgressEntry(BaseModel):
-    referral = ForeignKeyField(Referral, backref="progress_entries", on_delete="CASCADE")
+    referral = ForeignKeyField(Referral, index=False, backref="progress_entries", on_delete="CASCADE")
     author = ForeignKeyField(User, null=True, on_delete="SET NULL", backref="+")
     entry_date = DateField()
     text = TextField()

@@ -1,0 +1,1 @@
+"""Statewide data generator and benchmarks (issue 6)."""

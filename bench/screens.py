@@ -1,0 +1,220 @@
+"""The screens `make bench` times, each with its raw-SQL floor.
+
+A screen names the endpoints that may serve it (the first one registered wins; none
+registered means "not built yet") and the query string to use. A floor is the hand-written
+SQL that fetches the same rows through the raw driver (sqlite3 or psycopg), `?` placeholders.
+"""
+
+from dataclasses import dataclass, field
+
+from flask import url_for
+
+
+@dataclass
+class Floor:
+    """One or more statements; the rows of the last are the page's rows."""
+    sqlite: list
+    postgres: list = None
+
+    def statements(self, sqlite, context):
+        chosen = self.sqlite if sqlite or self.postgres is None else self.postgres
+        for sql, params in chosen:
+            yield sql, tuple(context[p] if isinstance(p, str) else p for p in params)
+
+
+@dataclass
+class Screen:
+    name: str
+    group: str  # list, subject, directory, report, detail, baseline, gate
+    user: str  # gatekeeper or provider
+    endpoints: list  # [(endpoint, {query args}, )] tried in order
+    floor: Floor = None
+    budget: str = ""
+    params: dict = field(default_factory=dict)
+
+    def resolve(self, app, context):
+        """The URL to fetch, or None when no candidate endpoint is registered."""
+        for endpoint, args in self.endpoints:
+            if endpoint in app.view_functions:
+                values = {k: (v.format(**context) if isinstance(v, str) else v)
+                          for k, v in args.items()}
+                with app.test_request_context():
+                    return url_for(endpoint, **values)
+        return None
+
+
+PAGE = 25
+OPEN = "('pending', 'sent', 'assigned')"
+
+
+def _page_sql(where, order):
+    """One page of a referral list: the ids by index (LIMIT/OFFSET), then their joins —
+    the fastest hand-written form of the rows the lists show."""
+    return (
+        "SELECT r.*, s.first_name, s.last_name, fp.name, tp.name, fa.name, ta.name, "
+        "ua.name, us.name FROM (SELECT id FROM referral WHERE " + where + " ORDER BY "
+        + order + " LIMIT 25 OFFSET ?) AS page JOIN referral r ON r.id = page.id "
+        "JOIN subject s ON s.id = r.subject_id JOIN program fp ON fp.id = r.from_program_id "
+        "JOIN program tp ON tp.id = r.to_program_id JOIN agency fa ON fa.id = r.from_agency_id "
+        "JOIN agency ta ON ta.id = r.to_agency_id LEFT JOIN \"user\" ua ON ua.id = r.assigned_to_id "
+        "LEFT JOIN \"user\" us ON us.id = r.created_by_id ORDER BY r." + order.replace(", ", ", r."))
+
+
+QUEUE_OPEN_SQL = _page_sql(f"to_program_id = ? AND state IN {OPEN}", "sent_at DESC, id DESC")
+QUEUE_ANY_SQL = _page_sql("to_program_id = ? AND state NOT IN ('pending', 'discarded')",
+                          "sent_at DESC, id DESC")
+SENT_OPEN_SQL = _page_sql(f"from_program_id = ? AND state IN {OPEN}", "created_at DESC, id DESC")
+SENT_ANY_SQL = _page_sql("from_program_id = ? AND state <> 'discarded'",
+                         "created_at DESC, id DESC")
+PROVIDER_SQL = _page_sql(f"to_program_id = ? AND assigned_to_id = ? AND state IN {OPEN}",
+                         "sent_at DESC, id DESC")
+ANY_QUEUE = {"flt0_0": "any"}  # "Any Status" (the queue's first filter)
+ANY_SENT = {"flt0_1": "any"}  # "Any Status" (the Sent list's second filter)
+# Subject search walks the name index statewide (at most 50), then keeps what the acting
+# program may see: one statement doing both is the floor.
+SEARCH_SQL = (
+    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city, l.program_id FROM "
+    "(SELECT * FROM subject WHERE last_norm >= ? AND last_norm < ? "
+    "ORDER BY last_norm, first_norm LIMIT 50) AS s "
+    "LEFT JOIN subject_link l ON l.subject_id = s.id AND l.program_id = ?")
+DUPLICATE_SQL = (
+    "SELECT s.id, s.first_name, s.last_name, s.dob, s.city, l.program_id FROM "
+    "(SELECT * FROM subject WHERE dob = ? AND last_norm >= ? AND last_norm < ? "
+    "AND first_norm >= ? AND first_norm < ? ORDER BY last_norm, first_norm LIMIT 50) AS s "
+    "LEFT JOIN subject_link l ON l.subject_id = s.id AND l.program_id = ?")
+DIRECTORY_SQL = (
+    "SELECT p.id, p.name, a.name, p.city, p.phone FROM program p "
+    "JOIN agency a ON a.id = p.agency_id "
+    "WHERE p.active AND p.mou_valid_until >= ? "
+    "AND p.id IN (SELECT program_id FROM program_county WHERE county_id = ?) "
+    "AND p.id IN (SELECT program_id FROM program_service WHERE service_id = ?) "
+    "ORDER BY p.name LIMIT 25")
+STOCK_SQL = "SELECT * FROM referral LIMIT 20 OFFSET ?"
+# A report over the busiest program's last year (the reports' own form fields).
+YEAR = {"scope": "program:{program_id}", "start": "{year_ago}", "end": "{today}"}
+
+
+REPORT_ROWS_SQL = (
+    "SELECT r.id, r.sent_at, r.state, r.status, r.acknowledged_at, r.outcome_at, r.delayed_at, "
+    "fa.name, fp.name, ta.name, tp.name, s.first_name, s.last_name, roi.state, roi.expires_on "
+    "FROM referral r JOIN program fp ON fp.id = r.from_program_id "
+    "JOIN program tp ON tp.id = r.to_program_id JOIN agency fa ON fa.id = r.from_agency_id "
+    "JOIN agency ta ON ta.id = r.to_agency_id JOIN subject s ON s.id = r.subject_id "
+    "LEFT JOIN roi ON roi.id = r.roi_id WHERE {where} AND r.sent_at >= {since} "
+    "ORDER BY r.sent_at DESC, r.id DESC LIMIT 200")
+
+
+def _report_floor(where):
+    """A year of the busiest program: counts by state, status and month, the medians of
+    time to acknowledge and to outcome, and the first 200 rows with their names."""
+    statements = {}
+    for backend, since, month in (("sqlite", "?", "strftime('%Y-%m', r.sent_at)"),
+                                  ("postgres", "?::date", "to_char(r.sent_at, 'YYYY-MM')")):
+        params = ("program_id", "year_ago")
+        chosen = [(f"SELECT r.state, r.status, {month}, COUNT(*), COUNT(r.acknowledged_at), "
+                   f"COUNT(r.outcome_at) FROM referral r WHERE {where} AND r.sent_at >= {since} "
+                   f"GROUP BY r.state, r.status, {month}", params)]
+        for column in ("acknowledged_at", "outcome_at"):
+            if backend == "sqlite":
+                chosen.append((
+                    f"SELECT julianday(r.{column}) - julianday(r.sent_at) AS d FROM referral r "
+                    f"WHERE {where} AND r.sent_at >= ? AND r.{column} IS NOT NULL ORDER BY d "
+                    f"LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM referral r WHERE {where} "
+                    f"AND r.sent_at >= ? AND r.{column} IS NOT NULL)", params + params))
+            else:
+                chosen.append((
+                    f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.{column} - r.sent_at) "
+                    f"FROM referral r WHERE {where} AND r.sent_at >= ?::date "
+                    f"AND r.{column} IS NOT NULL", params))
+        chosen.append((REPORT_ROWS_SQL.format(where=where, since=since), params))
+        statements[backend] = chosen
+    return Floor(statements["sqlite"], statements["postgres"])
+
+
+SCREENS = [
+    Screen("Gate only (every page pays this)", "gate", "gatekeeper",
+           [("bench_gate.index", {})], Floor([("SELECT 1", ())])),
+    Screen("Incoming queue, page 1 (open referrals)", "list", "gatekeeper",
+           [("incoming.index_view", {})],
+           Floor([(QUEUE_OPEN_SQL, ("program_id", 0))]), "queue"),
+    Screen("Incoming queue, Any Status, page 1", "list", "gatekeeper",
+           [("incoming.index_view", dict(ANY_QUEUE))],
+           Floor([(QUEUE_ANY_SQL, ("program_id", 0))]), "queue"),
+    Screen("Incoming queue, Any Status, page 1000", "list", "gatekeeper",
+           [("incoming.index_view", dict(ANY_QUEUE, page=999))],
+           Floor([(QUEUE_ANY_SQL, ("program_id", 999 * PAGE))]), "queue"),
+    Screen("Sent list, page 1 (open referrals)", "list", "gatekeeper",
+           [("sent.index_view", {})],
+           Floor([(SENT_OPEN_SQL, ("program_id", 0))]), "sent"),
+    Screen("Sent list, Any Status, page 1", "list", "gatekeeper",
+           [("sent.index_view", dict(ANY_SENT))],
+           Floor([(SENT_ANY_SQL, ("program_id", 0))]), "sent"),
+    Screen("Sent list, Any Status, page 1000", "list", "gatekeeper",
+           [("sent.index_view", dict(ANY_SENT, page=999))],
+           Floor([(SENT_ANY_SQL, ("program_id", 999 * PAGE))]), "sent"),
+    Screen("Provider's own list", "list", "provider",
+           [("incoming.index_view", {})],
+           Floor([(PROVIDER_SQL, ("program_id", "provider_id", 0))]), "provider"),
+    Screen("Subject search (last name)", "subject", "gatekeeper",
+           [("subjects.index", {"q": "{last_name}"}),
+            ("subjects.index_view", {"search": "{last_name}"}),
+            ("subject.index_view", {"search": "{last_name}"})],
+           Floor([(SEARCH_SQL, ("last_norm", "last_upper", "program_id"))]), "search"),
+    Screen("Subject search, name + date of birth (duplicate check)", "subject", "gatekeeper",
+           [("subjects.index", {"q": "{first_name} {last_name}", "dob": "{dob}"}),
+            ("subjects.check_duplicates", {"first_name": "{first_name}",
+                                           "last_name": "{last_name}", "dob": "{dob}"}),
+            ("subjects.duplicates", {"first_name": "{first_name}", "last_name": "{last_name}",
+                                     "dob": "{dob}"})],
+           Floor([(DUPLICATE_SQL, ("dob", "last_norm", "last_upper", "first_norm",
+                                   "first_upper", "program_id"))]), "duplicate"),
+    Screen("Directory search (county + service)", "directory", "gatekeeper",
+           [("public.index", {"county": "{county_id}", "service": "{service_id}"}),
+            ("directory.index", {"county": "{county_id}", "service": "{service_id}"}),
+            ("public_directory.index", {"county": "{county_id}", "service": "{service_id}"})],
+           Floor([(DIRECTORY_SQL, ("today", "county_id", "service_id"))]), "directory"),
+    Screen("Report: Referral Delays to Agency (year)", "report", "gatekeeper",
+           [("reports.referrals", dict(kind_key="delays", **YEAR))],
+           _report_floor("r.to_program_id = ?"), "report"),
+    Screen("Report: Referral Outcomes (year)", "report", "gatekeeper",
+           [("reports.referrals", dict(kind_key="outcomes", **YEAR))],
+           _report_floor("r.to_program_id = ?"), "report"),
+    Screen("Report: Referrals From Agency (year)", "report", "gatekeeper",
+           [("reports.referrals", dict(kind_key="from_agency", **YEAR))],
+           _report_floor("r.from_program_id = ?"), "report"),
+    Screen("Report: Referrals To Agency (year)", "report", "gatekeeper",
+           [("reports.referrals", dict(kind_key="to_agency", **YEAR))],
+           _report_floor("r.to_program_id = ?"), "report"),
+    Screen("Referral page", "detail", "gatekeeper",
+           [("referral.view", {"referral_id": "{referral_id}"}),
+            ("referrals.details_view", {"id": "{referral_id}"}),
+            ("referrals.referral", {"id": "{referral_id}"}),
+            ("referral.details_view", {"id": "{referral_id}"})],
+           Floor([
+               ("SELECT r.*, s.first_name, s.last_name, s.dob, s.phone, fp.name, tp.name "
+                "FROM referral r JOIN subject s ON s.id = r.subject_id "
+                "JOIN program fp ON fp.id = r.from_program_id "
+                "JOIN program tp ON tp.id = r.to_program_id WHERE r.id = ?", ("referral_id",)),
+               ("SELECT e.*, u.name FROM referral_event e LEFT JOIN \"user\" u ON u.id = e.user_id "
+                "WHERE e.referral_id = ? ORDER BY e.at", ("referral_id",)),
+               ("SELECT n.*, u.name FROM referral_note n LEFT JOIN \"user\" u ON u.id = n.author_id "
+                "WHERE n.referral_id = ? ORDER BY n.created_at", ("referral_id",)),
+           ]), "detail"),
+    Screen("Stock Flask-Admin ModelView(Referral), page 1", "baseline", "gatekeeper",
+           [("bench_stock.index_view", {})], Floor([(STOCK_SQL, (0,))]), "stock"),
+    Screen("Stock Flask-Admin ModelView(Referral), page 1000", "baseline", "gatekeeper",
+           [("bench_stock.index_view", {"page": 999})], Floor([(STOCK_SQL, (999 * 20,))]),
+           "stock"),
+]
+
+
+def load_targets(rows):
+    """What the load run hits: the queue page when it exists, else the gate page."""
+    by_name = {row["name"]: row for row in rows}
+    queue = by_name.get("Incoming queue, page 1 (open referrals)", {})
+    targets = [("hello", "/bench/hello")]
+    if queue.get("status") == "ok":
+        targets.append(("queue", queue["url"]))
+    else:
+        targets.append(("gate", by_name["Gate only (every page pays this)"]["url"]))
+    return targets
