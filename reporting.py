@@ -692,6 +692,20 @@ def row_values(row):
             row["outcome_days"], "Yes" if row["delayed"] else "No"]
 
 
+PDF_ROW_HEADER = ["#", "Sent", "Direction", "From", "To", "Client", "State", "Status",
+                  "Days to ack.", "Days to outcome", "Delayed"]
+PDF_ROW_WIDTHS = [4, 8, 6, 15, 15, 14, 6, 15, 6, 6, 5]  # percent of the page width
+
+
+def pdf_row_values(row):
+    """The printed row: agency and program together so that each cell fits one line."""
+    return [row["id"], row["sent"].isoformat() if row["sent"] else "", row["direction"],
+            f"{row['from_agency']} — {row['from_program']}",
+            f"{row['to_agency']} — {row['to_program']}", row["client"] or "Not shown",
+            row["state"], row["status"], row["ack_days"], row["outcome_days"],
+            "Yes" if row["delayed"] else "No"]
+
+
 def summary_lines(report):
     """Figures as (label, value) pairs for the screen, the CSV head and the PDF."""
     def fmt(value):
@@ -711,7 +725,8 @@ def summary_lines(report):
 REPORT_PDF_ROWS = 28  # rows per PDF page (landscape), cells kept to one line
 
 
-def render_report_pdf(title, context_lines, summary, charts, header, rows, landscape=True):
+def render_report_pdf(title, context_lines, summary, charts, header, rows, landscape=True,
+                      widths=None):
     """PDF bytes of a table report: a summary page, then fixed-size pages of rows."""
     from flask import render_template
 
@@ -720,7 +735,7 @@ def render_report_pdf(title, context_lines, summary, charts, header, rows, lands
     html = render_template("pdf/table_report.html", title=title, context_lines=context_lines,
                            summary=summary, charts=charts, header=header, pages=pages,
                            page_count=len(pages) + 1, printed_on=local_today(),
-                           row_count=len(rows))
+                           row_count=len(rows), widths=widths)
     return render_pdf(html, orientation="Landscape" if landscape else "Portrait")
 
 

@@ -92,7 +92,8 @@ class ReportsView(SecureBaseView):
                                      "agencies-report.csv", "text/csv")
             body = pdf_or_message(lambda: reporting.render_report_pdf(
                 kind.title, self._filter_lines(form), [("Programs", len(rows))], [],
-                reporting.AGENCIES_HEADER[:8], [row[:8] for row in rows]))
+                reporting.AGENCIES_HEADER[:8], [row[:8] for row in rows],
+                widths=[14, 14, 11, 14, 18, 12, 7, 10]))
             if body is not None:
                 return file_response(body, "agencies-report.pdf", "application/pdf")
         return self.render("reports/agencies.html", form=form, kind=kind, programs=details,
@@ -144,9 +145,9 @@ class ReportsView(SecureBaseView):
                            query=_without_download(request.args))
 
     def _download(self, report, download, form):
-        rows = [reporting.row_values(row) for row in report.rows]
         name = report.kind.key.replace("_", "-")
         if download == "csv":
+            rows = [reporting.row_values(row) for row in report.rows]
             return file_response(reporting.csv_text(reporting.ROW_HEADER, rows),
                                  f"{name}.csv", "text/csv")
         lines = [f"{report.scope.label}", f"Period: {report.start} to {report.end}"]
@@ -156,7 +157,8 @@ class ReportsView(SecureBaseView):
             lines.append("Agencies: " + ", ".join(dict(form.agencies.choices)[a] for a in report.agency_ids))
         body = pdf_or_message(lambda: reporting.render_report_pdf(
             report.kind.title, lines, reporting.summary_lines(report),
-            [report.status_chart(), report.month_chart()], reporting.ROW_HEADER, rows))
+            [report.status_chart(), report.month_chart()], reporting.PDF_ROW_HEADER,
+            [reporting.pdf_row_values(row) for row in report.rows], widths=reporting.PDF_ROW_WIDTHS))
         return file_response(body, f"{name}.pdf", "application/pdf") if body is not None else None
 
 
