@@ -694,7 +694,7 @@ def row_values(row):
 
 PDF_ROW_HEADER = ["#", "Sent", "Direction", "From", "To", "Client", "State", "Status",
                   "Days to ack.", "Days to outcome", "Delayed"]
-PDF_ROW_WIDTHS = [4, 8, 6, 15, 15, 14, 6, 15, 6, 6, 5]  # percent of the page width
+PDF_ROW_WIDTHS = [4, 8, 7, 14, 14, 14, 8, 13, 6, 6, 6]  # percent of the page width
 
 
 def pdf_row_values(row):
@@ -722,7 +722,7 @@ def summary_lines(report):
     ]
 
 
-REPORT_PDF_ROWS = 28  # rows per PDF page (landscape), cells kept to one line
+REPORT_PDF_ROWS = 30  # rows per PDF page (landscape), cells kept to one line
 
 
 def render_report_pdf(title, context_lines, summary, charts, header, rows, landscape=True,

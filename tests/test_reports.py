@@ -48,15 +48,16 @@ def referrals(network):
     A2 -> B1: r6 ack 4 d. Outside: a draft, a referral sent 400 days ago."""
     n = network
     n.client = make_subject(n.a1, n.gk_a1, first_name="Philomena", last_name="Quarterstaff")
-    n.client_b = make_subject(n.b1, n.gk_b1, first_name="Barnaby", last_name="Underhill")
+    n.client_b = make_subject(n.b1, n.gk_b1, first_name="Barnaby", last_name="Underhill",
+                              phone="+14065550177")
     n.client_a2 = make_subject(n.a2, None, first_name="Cressida", last_name="Vantablack")
     roi = make_roi(n.client, n.a1, others=(n.b1,))
     roi_b = make_roi(n.client_b, n.b1, others=(n.a1,))
     roi_a2 = make_roi(n.client_a2, n.a2, others=(n.b1,))
     closed, assigned = models.REFERRAL_CLOSED, models.REFERRAL_ASSIGNED
-    n.r1 = make_referral(n.client, roi, n.a1, n.b1, 40, 1, 10, closed,
+    n.r1 = make_referral(n.client, roi, n.a1, n.b1, 45, 1, 10, closed,
                          "Closed- Successful completion", created_by=n.gk_a1)
-    n.r2 = make_referral(n.client, roi, n.a1, n.b1, 30, 3, None, assigned,
+    n.r2 = make_referral(n.client, roi, n.a1, n.b1, 31, 3, None, assigned,
                          "Enrolled in Services", created_by=n.pr_a1)
     n.r3 = make_referral(n.client, roi, n.a1, n.b1, 20, delayed=True, created_by=n.gk_a1)
     n.r4 = make_referral(n.client, roi, n.a1, n.b1, 10, 2, None, assigned, created_by=n.gk_a1)
@@ -210,7 +211,7 @@ def test_r_rpt_3_bad_filters_get_a_message(referrals, browser, query, message):
     assert message in response.get_data(as_text=True)
 
 
-def test_r_rpt_4_large_pdf_has_one_page_per_28_rows(network, browser, tmp_path):
+def test_r_rpt_4_large_pdf_has_one_page_per_30_rows(network, browser, tmp_path):
     """R-RPT-4: a report of 100 referrals is a summary page plus 4 pages of rows, each
     row whole (fixed rows per page; pdftoppm renders every page)."""
     n = network
@@ -425,12 +426,12 @@ def test_admin_dashboard_figures_and_scope(referrals, browser):
     models.Outbox.create(channel="sms", recipient=n.client_b.phone, body="x", state=models.OUTBOX_FAILED)
     models.Outbox.create(channel="email", recipient="ok@example.org", body="x", state=models.OUTBOX_SENT)
     board = reporting.admin_dashboard(n.admin)
-    # Last 30 days: r3 (20 d), r4 (10 d), r5 (15 d), r6 (12 d); r2 sent 30 days ago minus
-    # nothing is on the boundary, so count by hand from the timestamps.
-    sent = [r for r in (n.r1, n.r2, n.r3, n.r4, n.r5, n.r6) if r.sent_at >= NOW - dt.timedelta(days=30)]
-    assert board["sent"] == len(sent)
+    # Sent in the last 30 days: r3 (20 d), r4 (10), r5 (15), r6 (12); r1 (45) and r2 (31) not.
+    assert board["sent"] == 4
+    # Acknowledged: r2 (28 d ago), r4 (8), r5 (10), r6 (8); r1 39 days ago.
+    assert board["acknowledged"] == 4
     assert board["delayed"] == 1
-    assert board["closed"] == 1  # r5 closed 9 days ago; r1 closed 30 days ago
+    assert board["closed"] == 1  # r5 closed 9 days ago; r1 35 days ago
     assert [m["program"] for m in board["expiring"]] == ["Program B1"]
     assert (board["emails_undelivered"], board["texts_undelivered"]) == (2, 1)
     regional = make_user(admin=True, statewide=False, regions=("Region 10 - Gallatin",))
