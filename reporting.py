@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from markupsafe import Markup
 from markupsafe import escape as _escape
-from peewee import JOIN, Case, fn
+from peewee import JOIN, SQL, Case, EnclosedNodeList, NodeList, fn
 
 from models import (
     INFO_CONTACT,
@@ -586,7 +586,9 @@ def _median_seconds(where, start_col, end_col, count):
     seconds = _seconds_between(start_col, end_col)
     base = Referral.select().where(where & end_col.is_null(False))
     if not is_sqlite():
-        value = base.select(fn.percentile_cont(0.5).within_group(seconds.asc())).scalar()
+        median_sql = NodeList((fn.percentile_cont(0.5), SQL("WITHIN GROUP"),
+                               EnclosedNodeList([NodeList((SQL("ORDER BY"), seconds))])))
+        value = base.select(median_sql).scalar()
         return float(value) if value is not None else None
     values = [row[0] for row in base.select(seconds.alias("s")).order_by(seconds)
               .limit(2 - count % 2).offset((count - 1) // 2).tuples()]
@@ -606,7 +608,8 @@ def referral_report(kind_key, scope, start, end, status="", agency_ids=(), user=
     groups = (Referral.select(direction.alias("d"), Referral.state, Referral.status,
                               delayed.alias("late"), month.alias("m"), fn.COUNT(Referral.id),
                               fn.COUNT(Referral.acknowledged_at), fn.COUNT(Referral.outcome_at))
-              .where(where).group_by(direction, Referral.state, Referral.status, delayed, month)
+              # By position: PostgreSQL does not match parameterised CASE expressions.
+              .where(where).group_by(SQL("1, 2, 3, 4, 5"))
               .tuples())
     for side, state, status_label, late, month_key, count, acked, outcomes in groups:
         report.total += count
@@ -722,7 +725,7 @@ def summary_lines(report):
     ]
 
 
-REPORT_PDF_ROWS = 30  # rows per PDF page (landscape), cells kept to one line
+REPORT_PDF_ROWS = 26  # rows per PDF page (landscape), cells kept to one line
 
 
 def render_report_pdf(title, context_lines, summary, charts, header, rows, landscape=True,

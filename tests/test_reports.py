@@ -211,8 +211,8 @@ def test_r_rpt_3_bad_filters_get_a_message(referrals, browser, query, message):
     assert message in response.get_data(as_text=True)
 
 
-def test_r_rpt_4_large_pdf_has_one_page_per_30_rows(network, browser, tmp_path):
-    """R-RPT-4: a report of 100 referrals is a summary page plus 4 pages of rows, each
+def test_r_rpt_4_large_pdf_has_fixed_rows_per_page(network, browser, tmp_path):
+    """R-RPT-4: a report of 100 referrals is a summary page plus fixed-size pages of rows, each
     row whole (fixed rows per page; pdftoppm renders every page)."""
     n = network
     subject = make_subject(n.a1, n.gk_a1)
