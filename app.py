@@ -60,6 +60,8 @@ def create_app(config=None):
     app = Flask(__name__, template_folder="templates", static_folder="static")
     app.config.update(settings_from_env())
     app.config.update(config or {})
+    if "SESSION_COOKIE_SECURE" not in (config or {}):
+        app.config["SESSION_COOKIE_SECURE"] = app.config["BASE_URL"].startswith("https://")
     app.config["DATABASE_URL"] = _resolve_sqlite_path(app.config["DATABASE_URL"], HERE)
     app.config.setdefault("SECRET_KEY", None)
     if not app.config["SECRET_KEY"]:

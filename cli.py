@@ -240,3 +240,5 @@ def init_cli(app):
         restore_database(path)
         click.echo(f"Database restored from {path}.")
 
+    from api.hsds import register_cli  # HSDS 3.0 export-hsds and import-hsds
+    register_cli(app)

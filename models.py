@@ -350,6 +350,9 @@ class Agency(TimestampedModel):
     website = CharField(max_length=300, default="")
     description = TextField(default="")
     active = BooleanField(default=True)
+    # Where an imported record came from (import-hsds): its id there, to match it again.
+    external_id = CharField(max_length=100, default="", index=True)
+    external_source = CharField(max_length=100, default="")
 
     def __str__(self):
         return self.name
@@ -382,6 +385,9 @@ class Program(TimestampedModel):
     # directory searches filter on one indexed column (R-MOU-3).
     mou_valid_until = DateField(null=True, index=True)
     updated_at = DateTimeField(default=utcnow)
+    # Where an imported record came from (import-hsds): its id there, to match it again.
+    external_id = CharField(max_length=100, default="", index=True)
+    external_source = CharField(max_length=100, default="")
 
     class Meta:
         indexes = ((("agency", "name"), False),)
@@ -750,6 +756,18 @@ class Roi(TimestampedModel):
         return [row.program_id for row in self.roi_programs]
 
     @classmethod
+    def visible_to(cls, user, program):
+        """ROIs the acting program may see: those it started, and signed (or once signed)
+        ones that name it (R-ROI-3). Administrators see all."""
+        if user.is_admin and program is None:
+            return cls.select()
+        if program is None:
+            return cls.select().where(cls.id.is_null())
+        named = RoiProgram.select(RoiProgram.roi).where(RoiProgram.program == program)
+        return cls.select().where((cls.program == program)
+                                  | (cls.id.in_(named) & cls.signed_at.is_null(False)))
+
+    @classmethod
     def valid_for(cls, subject, program, day=None):
         """Signed, unexpired, unrevoked ROIs of `subject` that name `program` (R-ROI-1)."""
         day = day or local_today()
@@ -829,7 +847,9 @@ class Referral(TimestampedModel):
         if program is None:
             return cls.select().where(cls.id.is_null())
         roles = user.roles_in(program)
-        received = cls.to_program == program
+        # Drafts are the sender's own: the receiving side never sees them.
+        received = (cls.to_program == program) & cls.state.not_in(
+            (REFERRAL_PENDING, REFERRAL_DISCARDED))
         if ROLE_GATEKEEPER not in roles:
             received = received & (cls.assigned_to == user)
         sent = cls.from_program == program
@@ -1010,6 +1030,32 @@ def count_estimate(query_model):
         "SELECT reltuples::bigint FROM pg_class WHERE relname = %s",
         (query_model._meta.table_name,)).fetchone()
     return max(row[0], 0) if row else 0
+
+
+# ---------------------------------------------------------------------------
+# Administrator scope (accounts area): what a designated administrator manages.
+# A statewide administrator manages everything; a regional coordinator the agencies,
+# programs and people of their regions (AdminRegion).
+# ---------------------------------------------------------------------------
+
+def programs_managed_by(user):
+    if not user.is_admin:
+        return Program.select().where(Program.id.is_null())
+    if user.admin_statewide:
+        return Program.select()
+    agencies = Agency.select(Agency.id).where(Agency.region.in_(user.admin_region_ids()))
+    return Program.select().where(Program.agency.in_(agencies))
+
+
+def users_managed_by(user):
+    """Statewide: every account. Regional: the non-administrators of their programs."""
+    if not user.is_admin:
+        return User.select().where(User.id.is_null())
+    if user.admin_statewide:
+        return User.select()
+    programs = programs_managed_by(user).select(Program.id)
+    members = Membership.select(Membership.user).where(Membership.program.in_(programs))
+    return User.select().where(User.id.in_(members) & ~User.is_admin)
 
 
 __all__ = [name for name in dir() if not name.startswith("_")] + ["fn"]

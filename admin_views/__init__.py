@@ -35,8 +35,11 @@ def markdown_lite(text):
     html = []
     for block in re.split(r"\n\s*\n", str(escape(text))):
         block = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", block)
+        items = re.split(r"(?m)^\d+\.\s+", block)
         if block.startswith("# "):
             html.append(f"<h2 class='h4'>{block[2:]}</h2>")
+        elif len(items) > 2 and not items[0].strip():  # a numbered list
+            html.append("<ol>" + "".join(f"<li>{item.strip()}</li>" for item in items[1:]) + "</ol>")
         else:
             html.append(f"<p>{block}</p>")
     return Markup("\n".join(html))
@@ -70,7 +73,7 @@ def register_area_views(admin):
     referrals, reports)."""
     import importlib
 
-    for name in ("accounts", "directory", "subjects", "consent", "referrals", "reports", "public"):
+    for name in ("accounts", "directory", "subjects", "consent", "referrals", "reports", "public", "interop"):
         try:
             module = importlib.import_module(f"admin_views.{name}")
         except ModuleNotFoundError as exc:

@@ -115,11 +115,20 @@ class AuthView(SecureBaseView):
         form = ChangePasswordForm()
         if form.validate_on_submit():
             try:
-                workflow.change_password(current_actor(), form.current_password.data,
-                                         form.password.data, keep_session=current_user.get_id())
+                new_session = workflow.change_password(
+                    current_actor(), form.current_password.data, form.password.data,
+                    request.user_agent.string)
             except workflow.RuleViolation as exc:
                 flash(exc.message, "error")
                 return self.render("auth/change_password.html", form=form), 422
+            user = current_user._get_current_object()
+            program_id = session.get(PROGRAM_SESSION_KEY)
+            session.clear()  # the old session id is revoked: continue in a new one
+            user._session_id = new_session.id
+            login_user(user)
+            session.permanent = True
+            if program_id:
+                session[PROGRAM_SESSION_KEY] = program_id
             flash("Your password has been changed.", "success")
             return redirect(url_for("admin.index"))
         return self.render("auth/change_password.html", form=form)

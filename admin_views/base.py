@@ -9,11 +9,12 @@ signed-in users without the permission get 403. Row filtering goes through one
 
 import functools
 
-from flask import abort, flash, g, redirect, request, session, url_for
+from flask import abort, current_app, flash, g, redirect, request, session, url_for
 from flask_admin import BaseView, expose  # noqa: F401  (re-exported for view modules)
 from flask_admin.contrib.peewee import ModelView
-from flask_admin.form import SecureForm
+from flask_admin.form import BaseForm
 from flask_login import current_user
+from flask_wtf.csrf import _FlaskFormCSRF
 
 from models import Membership, Program, local_today
 from workflow import Actor, RuleViolation, audit_denial
@@ -101,8 +102,39 @@ class AccessMixin:
         return self.show_in_menu and self.is_accessible()
 
 
+MAX_ID = 2 ** 63 - 1
+
+
+def _as_id(raw):
+    """A database id from the browser, or None (malformed, negative or out of range)."""
+    try:
+        key = int(str(raw).strip())
+    except (TypeError, ValueError):
+        return None
+    return key if 0 < key <= MAX_ID else None
+
+
 class SecureBaseView(AccessMixin, BaseView):
     """A custom screen behind the gate."""
+
+
+class SecureForm(BaseForm):
+    """Flask-Admin forms carrying Flask-WTF's CSRF token: the one CSRFProtect checks on
+    every POST (Flask-Admin's own SecureForm token would be refused by CSRFProtect)."""
+
+    class Meta(BaseForm.Meta):
+        csrf = True
+        csrf_class = _FlaskFormCSRF
+        csrf_field_name = "csrf_token"
+        csrf_context = session
+
+        @property
+        def csrf_secret(self):
+            return current_app.config.get("WTF_CSRF_SECRET_KEY", current_app.secret_key)
+
+        @property
+        def csrf_time_limit(self):
+            return current_app.config.get("WTF_CSRF_TIME_LIMIT", 3600)
 
 
 class SecureModelView(AccessMixin, ModelView):
@@ -115,6 +147,9 @@ class SecureModelView(AccessMixin, ModelView):
     can_set_page_size = True
     page_size_options = (25, 50, 100)
 
+    def search_placeholder(self):
+        return "Search"
+
     def visible_query(self):
         """The rows the current user may see; override per view (the one row filter)."""
         return self.model.select()
@@ -126,25 +161,28 @@ class SecureModelView(AccessMixin, ModelView):
         return self.visible_query()
 
     def get_one(self, id):
-        """Flask-Admin's peewee get_one skips get_query: filter here too (404 otherwise)."""
-        try:
-            key = int(id)
-        except (TypeError, ValueError):
-            return None
-        return self.visible_query().where(self.model.id == key).first()
+        """Flask-Admin's peewee get_one skips get_query: filter here too. A missing, malformed
+        or foreign id answers 404 (the same for all three) and the attempt is audited."""
+        key = _as_id(id)
+        row = self.visible_query().where(self.model.id == key).first() if key is not None else None
+        if row is None:
+            audit_denial(current_actor(), f"{self.endpoint}.get_one", detail=f"id {str(id)[:40]}")
+            abort(404)
+        return row
 
     def _ids(self, ids):
         """Action ids from the browser: only those the user may see, as ints."""
-        clean = []
-        for raw in ids:
-            try:
-                clean.append(int(raw))
-            except (TypeError, ValueError):
-                continue
+        clean = [key for key in map(_as_id, ids) if key is not None]
         return list(self.visible_query().where(self.model.id.in_(clean))) if clean else []
 
     def handle_rule_violation(self, exc):
         flash(exc.message, "error")
+
+
+def same_site_referrer():
+    """The page the user came from, only when it is on this site."""
+    referrer = request.referrer or ""
+    return referrer if referrer.startswith(request.host_url) else None
 
 
 def rule_guard(view):
@@ -158,6 +196,6 @@ def rule_guard(view):
             if exc.status_code == 404:
                 abort(404)
             flash(exc.message, "error")
-            return redirect(request.referrer or request.path)
+            return redirect(same_site_referrer() or request.path)
 
     return wrapper

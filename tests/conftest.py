@@ -19,6 +19,12 @@ for _name in ("MAIL_SERVER", "SMS_BACKEND", "DATABASE_URL", "SECRET_KEY", "BASE_
     os.environ.pop(_name, None)
 
 import models  # noqa: E402
+import security  # noqa: E402
+
+# Tests hash with argon2id's cheapest parameters: the same code path, a fraction of the
+# time (production keeps the library's recommended profile; see security.hasher).
+from argon2 import PasswordHasher, profiles  # noqa: E402
+security.hasher = PasswordHasher.from_parameters(profiles.CHEAPEST)
 import workflow  # noqa: E402
 from app import create_app  # noqa: E402
 from cli import load_reference_data  # noqa: E402
@@ -188,12 +194,22 @@ def make_program(agency=None, name=None, mou=True, counties=("Gallatin",), servi
     return program
 
 
+_HASHES = {}
+
+
+def _hash_once(password):
+    """argon2id is slow on purpose: hash each test password once per session."""
+    from security import hash_password
+    if password not in _HASHES:
+        _HASHES[password] = hash_password(password)
+    return _HASHES[password]
+
+
 def make_user(role=None, program=None, email=None, name=None, password=PASSWORD, mou=True,
               must_change=False, admin=False, statewide=True, regions=(), active=True):
-    from security import hash_password
     n = _next()
     user = models.User.create(email=email or f"user{n}@example.org", name=name or f"User Number{n}",
-                              password_hash=hash_password(password) if password else None,
+                              password_hash=_hash_once(password) if password else None,
                               must_change_password=must_change, is_admin=admin,
                               admin_statewide=admin and statewide, is_active=active)
     for region in regions:

@@ -1,0 +1,189 @@
+"""A lean list-view base for statewide tables (millions of rows).
+
+Flask-Admin's stock peewee list does a COUNT over the filtered table on every page and
+one query per foreign key per row. LeanListView keeps Flask-Admin's filters, search,
+sorting, actions and export, but:
+- the page is ONE joined select (`list_query()`), built by the subclass;
+- no unbounded COUNT: the header says "N" for small results, "1,000+" above the cap
+  (one capped count: COUNT over at most cap+1 index rows);
+- bounded pagination: a simple previous/next pager, OFFSET limited to `max_page` pages,
+  ordered on indexed columns with the id as tie-breaker.
+So a page costs at most 2 queries of its own (page, capped count).
+"""
+
+import datetime as dt
+
+from flask import abort, flash, g, request
+from flask_admin.contrib.peewee.filters import BasePeeweeFilter
+from flask_admin.form import BaseForm
+from wtforms import HiddenField
+
+from admin_views.base import SecureModelView, current_actor
+from models import local_zone
+from workflow import audit_denial
+
+
+def local_day_start_utc(day):
+    """Midnight of a local calendar day, as the naive UTC the database stores."""
+    moment = dt.datetime.combine(day, dt.time(0), tzinfo=local_zone())
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+class OptionFilter(BasePeeweeFilter):
+    """column == one of the (int id, label) options; options may be a callable."""
+
+    def validate(self, value):
+        try:
+            int(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def clean(self, value):
+        return int(value)
+
+    def apply(self, query, value):
+        return query.where(self.column == value)
+
+    def operation(self):
+        return "is"
+
+
+class DayFilter(BasePeeweeFilter):
+    """A datetime column on or after / on or before a local calendar day."""
+
+    def __init__(self, column, name, after=True, **kwargs):
+        super().__init__(column, name, **kwargs)
+        self.after = after
+
+    def validate(self, value):
+        try:
+            dt.date.fromisoformat(value)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    def clean(self, value):
+        return dt.date.fromisoformat(value)
+
+    def apply(self, query, value):
+        if self.after:
+            return query.where(self.column >= local_day_start_utc(value))
+        return query.where(self.column < local_day_start_utc(value + dt.timedelta(days=1)))
+
+    def operation(self):
+        return "on or after" if self.after else "on or before"
+
+
+class LeanListView(SecureModelView):
+    list_template = "lists/list.html"
+    simple_list_pager = True
+    can_create = False
+    can_edit = False
+    can_delete = False
+    can_view_details = False
+    can_set_page_size = False
+    column_display_actions = False
+    count_cap = 1000
+    max_page = 2000
+    default_sort = ()  # ((field, desc), ...) on indexed columns; the id breaks ties
+
+    # -- the query -------------------------------------------------------------------
+    def list_query(self):
+        """The joined select of one page, already limited by visible_query()."""
+        return self.visible_query()
+
+    def apply_search(self, query, search):
+        return query
+
+    def apply_defaults(self, query, filters):
+        """Restrictions that apply when the user chose no filter of that kind."""
+        return query
+
+    def page_query(self, page=0, sort_column=None, sort_desc=False, search=None, filters=(),
+                   page_size=None):
+        """The query of one page (no execution): what benchmarks time."""
+        query = self.filtered_query(search, filters)
+        query = self.apply_order(query, sort_column, sort_desc)
+        page_size = self.page_size if page_size is None else page_size
+        page = max(0, min(int(page or 0), self.max_page))
+        if page_size:
+            query = query.limit(page_size).offset(page * page_size)
+        return query
+
+    def filtered_query(self, search=None, filters=()):
+        query = self.list_query()
+        if search:
+            query = self.apply_search(query, search)
+        for index, _name, value in filters or ():
+            flt = self._filters[index]
+            query = flt.apply(query, flt.clean(value))
+        return self.apply_defaults(query, filters or ())
+
+    def apply_order(self, query, sort_column, sort_desc):
+        if sort_column is not None and sort_column in self._sortable_columns:
+            field = self._sortable_columns[sort_column]
+            order = [(field, bool(sort_desc))]
+        else:
+            order = list(self.default_sort)
+        clauses = [f.desc() if desc else f.asc() for f, desc in order]
+        last_desc = order[-1][1] if order else True
+        clauses.append(self.model.id.desc() if last_desc else self.model.id.asc())
+        return query.order_by(*clauses)
+
+    def capped_count(self, search=None, filters=()):
+        """The number of matching rows up to count_cap, in one bounded query."""
+        inner = (self.filtered_query(search, filters).select(self.model.id).order_by()
+                 .limit(self.count_cap + 1))
+        return inner.count()
+
+    def count_label(self, count):
+        if count > self.count_cap:
+            return f"{self.count_cap:,}+"
+        return f"{count:,}"
+
+    # -- Flask-Admin hooks ---------------------------------------------------------------
+    def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,
+                 page_size=None):
+        query = self.page_query(page, sort_column, sort_desc, search, filters,
+                                page_size=page_size)
+        if not execute:
+            return None, query
+        g.list_count_label = self.count_label(self.capped_count(search, filters))
+        return None, list(query)
+
+    def _get_list_filter_args(self):
+        """Flask-Admin's, but an empty value (a filter left at "Any") is no filter."""
+        if not self._filters:
+            return None
+        found = []
+        for arg, value in request.args.items():
+            if not arg.startswith("flt") or "_" not in arg or value == "":
+                continue
+            pos, key = arg[3:].split("_", 1)
+            if key in self._filter_args:
+                index, flt = self._filter_args[key]
+                if flt.validate(value):
+                    found.append((pos, (index, flt.name, value)))
+                else:
+                    flash(f"Ignored an invalid value for the filter “{flt.name}”.", "error")
+        return [item for _pos, item in sorted(found, key=lambda pair: pair[0])]
+
+    def get_action_form(self):
+        """The app-wide CSRFProtect checks the form's csrf_token (templates add it); a
+        second, Flask-Admin session token on the same field name would never match."""
+
+        class ActionForm(BaseForm):
+            action = HiddenField()
+            url = HiddenField()
+
+        return ActionForm
+
+    def deny_ids(self, ids, action):
+        """Ids from the browser that the user may not see: audited, then 404 (R-SAFE-2)."""
+        wanted = {str(i) for i in ids}
+        found = self._ids(ids)
+        if len(found) != len(wanted):
+            audit_denial(current_actor(), action, detail=f"ids {','.join(sorted(wanted))[:200]}")
+            abort(404)
+        return found

@@ -1,0 +1,268 @@
+"""Tracking: Sent and incoming lists, filters, delays, cross-program access, list cost
+(R-TRACK-1..3, R-SEND-6, R-SAFE-2)."""
+
+import datetime as dt
+
+import pytest
+from playhouse.test_utils import assert_query_count, count_queries
+
+import models
+import workflow
+from tests.conftest import actor, make_user
+from tests.referral_helpers import assigned, client, draft, fresh, sent
+
+
+def _sent_url(params=""):
+    return "/agency/sent/" + params
+
+
+def _status_arg(app):
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "sent")
+    return f"flt0_{view.status_filter_arg}"
+
+
+def _closed_and_declined(network):
+    open_subject, _ = client(network, last_name="Openperson")
+    sent(network, open_subject)
+    closed_subject, _ = client(network, last_name="Closedperson")
+    referral = assigned(network, closed_subject)
+    workflow.set_referral_status(actor(network.pr_b1, network.b1), referral,
+                                 "Closed- Successful completion", referral.version)
+    declined_subject, _ = client(network, last_name="Declinedperson")
+    referral = sent(network, declined_subject)
+    workflow.decline_referral(actor(network.gk_b1, network.b1), referral, referral.version, "Full")
+
+
+@pytest.mark.parametrize("choice, shown", [
+    ("", {"Openperson"}),
+    ("any", {"Openperson", "Closedperson", "Declinedperson"}),
+    ("state:closed", {"Closedperson"}),
+    ("state:declined", {"Declinedperson"}),
+    ("status:Closed- Successful completion", {"Closedperson"}),
+])
+def test_r_track_1_any_status_is_the_only_choice_showing_all(app, browser, network, choice, shown):
+    """R-TRACK-1: the default shows open referrals; only "Any Status" shows closed and
+    rejected together with the rest."""
+    _closed_and_declined(network)
+    browser.login(network.gk_a1)
+    query = f"?{_status_arg(app)}={choice}" if choice else ""
+    page = browser.get(_sent_url(query)).get_data(as_text=True)
+    for name in ("Openperson", "Closedperson", "Declinedperson"):
+        assert (name in page) == (name in shown), name
+    assert "Show Filters" in page and "Any Status" in page
+
+
+def test_r_track_1_filters_program_dates_and_search(app, browser, network):
+    """R-TRACK-1: filter by receiving program and dates; search by client name."""
+    subject_b, _ = client(network, last_name="Tobee")
+    sent(network, subject_b)
+    subject_a, _ = client(network, last_name="Toself", others=())
+    sent(network, subject_a, to=network.a1)
+    browser.login(network.gk_a1)
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "sent")
+    program_arg = f"flt0_{view.filter_index(type(view._filters[2]), 'Receiving program')}"
+    page = browser.get(_sent_url(f"?{program_arg}={network.b1.id}")).get_data(as_text=True)
+    assert "Tobee" in page and "Toself" not in page
+    until_arg = f"flt0_{view.filter_index(type(view._filters[6]), 'Started until')}"
+    yesterday = (models.local_today() - dt.timedelta(days=1)).isoformat()
+    page = browser.get(_sent_url(f"?{until_arg}={yesterday}")).get_data(as_text=True)
+    assert "Tobee" not in page and "Toself" not in page
+    page = browser.get(_sent_url("?search=tob")).get_data(as_text=True)
+    assert "Tobee" in page and "Toself" not in page
+    bad = browser.get(_sent_url(f"?{until_arg}=not-a-date"))
+    assert bad.status_code == 200  # a bad filter value is ignored with a message
+
+
+def test_r_track_2_providers_see_only_their_own(browser, network):
+    """R-TRACK-2: gatekeepers see all of the program's sent referrals and can filter by
+    staff member; a provider sees only their own and has no staff filter."""
+    mine, _ = client(network, last_name="Byprovider")
+    draft(network, mine, user=network.pr_a1)
+    theirs, _ = client(network, last_name="Bygatekeeper")
+    draft(network, theirs, user=network.gk_a1)
+    browser.login(network.pr_a1)
+    page = browser.get(_sent_url()).get_data(as_text=True)
+    assert "Byprovider" in page and "Bygatekeeper" not in page
+    assert ">Staff member</label>" not in page
+    gatekeeper = workflow.Actor(network.gk_a1, network.a1)
+    assert models.Referral.visible_to(gatekeeper.user, network.a1).count() == 2
+
+
+def test_r_track_2_incoming_provider_sees_assigned_only(browser, network):
+    """R-TRACK-2: in Agency → Referrals a provider sees only what is assigned to them."""
+    one, _ = client(network, last_name="Assignedone")
+    assigned(network, one)
+    two, _ = client(network, last_name="Waitingtwo")
+    sent(network, two)
+    browser.login(network.pr_b1)
+    page = browser.get("/agency/referrals/").get_data(as_text=True)
+    assert "Assignedone" in page and "Waitingtwo" not in page
+    browser2 = type(browser)(browser.app)
+    browser2.login(network.gk_b1)
+    page = browser2.get("/agency/referrals/").get_data(as_text=True)
+    assert "Assignedone" in page and "Waitingtwo" in page and "Assigned provider" in page
+
+
+def test_r_send_6_sender_sees_progress_and_notes(browser, network):
+    """R-SEND-6: the sender sees the receiving program's status, notes and progress."""
+    subject, _ = client(network)
+    referral = assigned(network, subject)
+    worker = actor(network.pr_b1, network.b1)
+    workflow.add_referral_note(worker, referral, "contact_made", models.local_today(), "Spoke with client")
+    workflow.add_progress_entry(worker, referral, models.local_today(), "Attended first class")
+    workflow.set_referral_status(worker, referral, "Enrolled in Services", referral.version)
+    browser.login(network.gk_a1)
+    page = browser.get(f"/referrals/{referral.id}").get_data(as_text=True)
+    assert "Spoke with client" in page and "Attended first class" in page
+    assert "Enrolled in Services" in page and "Contact made" in page
+    assert ">Assign<" not in page and "Add note" not in page
+
+
+@pytest.mark.parametrize("sent_on, today, late", [
+    (dt.date(2026, 3, 2), dt.date(2026, 3, 9), False),   # Mon -> next Mon: 5 business days
+    (dt.date(2026, 3, 2), dt.date(2026, 3, 10), True),   # Tuesday after: late
+    (dt.date(2026, 6, 29), dt.date(2026, 7, 7), False),  # Independence Day (observed Fri 3 Jul)
+    (dt.date(2026, 6, 29), dt.date(2026, 7, 8), True),
+    (dt.date(2026, 11, 23), dt.date(2026, 12, 1), False),  # Thanksgiving Thu 26 Nov
+    (dt.date(2026, 11, 23), dt.date(2026, 12, 2), True),
+])
+def test_r_track_3_five_business_days(network, sent_on, today, late):
+    """R-TRACK-3: weekends and US federal holidays do not count."""
+    subject, _ = client(network)
+    referral = sent(network, subject)
+    moment = dt.datetime.combine(sent_on, dt.time(17, 0))  # 10:00 or 11:00 in Denver
+    models.Referral.update(sent_at=moment).where(models.Referral.id == referral.id).execute()
+    assert workflow.flag_delayed_referrals(today=today) == (1 if late else 0)
+
+
+def test_r_track_3_delayed_flag_tells_once_and_shows_badge(browser, network):
+    """R-TRACK-3: the sender and gatekeepers are told once; a "Delayed" badge shows."""
+    subject, _ = client(network)
+    referral = sent(network, subject)
+    models.Referral.update(sent_at=models.utcnow() - dt.timedelta(days=20)).where(
+        models.Referral.id == referral.id).execute()
+    assert workflow.flag_delayed_referrals() == 1
+    assert workflow.flag_delayed_referrals() == 0
+    delayed = models.Outbox.select().where(models.Outbox.kind == "referral_delayed")
+    assert sorted(m.recipient for m in delayed) == sorted([network.gk_a1.email, network.gk_b1.email])
+    browser.login(network.gk_b1)
+    assert "Delayed" in browser.get("/agency/referrals/").get_data(as_text=True)
+    assert fresh(referral).delayed_at is not None
+
+
+def test_r_track_3_times_for_reports(network):
+    """R-TRACK-3: time to acknowledge (first assignment) and to outcome are stored."""
+    subject, _ = client(network)
+    referral = assigned(network, subject)
+    assert referral.acknowledged_at is not None and referral.outcome_at is None
+    workflow.set_referral_status(actor(network.pr_b1, network.b1), referral,
+                                 "Not Started- Declined services", referral.version)
+    assert fresh(referral).outcome_at is not None
+
+
+def _program_a_referral(network):
+    """A referral between A1 and A2 (both agency A): nothing program B may reach."""
+    subject, _ = client(network, others=(network.a2,))
+    return sent(network, subject, to=network.a2), subject
+
+
+@pytest.mark.parametrize("method, url", [
+    ("get", "/referrals/{id}"),
+    ("get", "/referrals/{id}/edit"),
+    ("get", "/referrals/{id}/send"),
+    ("get", "/referrals/chart/{subject}"),
+    ("post", "/referrals/{id}/assign"),
+    ("post", "/referrals/{id}/decline"),
+    ("post", "/referrals/{id}/status"),
+    ("post", "/referrals/{id}/withdraw"),
+    ("post", "/agency/referrals/action/"),
+])
+def test_r_safe_2_other_program_gets_404_and_is_audited(browser, network, method, url):
+    """R-SAFE-2: a user of program B asking for program A's ids gets 404; audited."""
+    referral, subject = _program_a_referral(network)
+    browser.login(network.gk_b1)
+    target = url.format(id=referral.id, subject=subject.id)
+    before = models.AuditEvent.select().where(models.AuditEvent.outcome == "denied").count()
+    if method == "get":
+        response = browser.get(target)
+    else:
+        response = browser.post(target, {"rowid": referral.id, "action": "assign_to_me",
+                                         "url": "/agency/referrals/", "assign-version": 1,
+                                         "assign-provider": network.gk_b1.id},
+                                token_from="/agency/referrals/")
+    assert response.status_code == 404
+    assert models.AuditEvent.select().where(models.AuditEvent.outcome == "denied").count() == before + 1
+    assert fresh(referral).state == models.REFERRAL_SENT
+
+
+def test_r_safe_2_other_program_lists_and_exports_hold_nothing(app, browser, network):
+    """R-SAFE-2: lists and CSV exports of program B never contain program A's referrals,
+    even when asked for A's client by id."""
+    referral, subject = _program_a_referral(network)
+    browser.login(network.gk_b1)
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "sent")
+    args = f"?flt0_{view.subject_filter_arg}={subject.id}&{_status_arg(app)}=any"
+    for url in ("/agency/sent/" + args, "/agency/referrals/?" + _status_arg(app) + "=any",
+                "/agency/sent/export/csv/" + args, "/agency/referrals/export/csv/"):
+        body = browser.get(url).get_data(as_text=True)
+        assert subject.last_name not in body, url
+    assert referral.id
+
+
+def test_r_track_1_csv_export_neutralises_formulas(app, browser, network):
+    """R-SAFE-6 / R-TRACK-1: the CSV export escapes cells a spreadsheet would run."""
+    subject, _ = client(network, first_name="=HYPERLINK(1)")
+    sent(network, subject)
+    browser.login(network.gk_b1)
+    body = browser.get("/agency/referrals/export/csv/").get_data(as_text=True)
+    assert ",'=HYPERLINK(1) " in body
+
+
+def test_lists_make_no_n_plus_1_queries(app, browser, network):
+    """Lean lists: the page costs the same number of queries for 2 or 30 rows, and the
+    list itself (page + capped count) at most 3 queries."""
+    def page_queries():
+        with count_queries() as counter:
+            assert browser.get("/agency/referrals/").status_code == 200
+        return counter.count
+
+    for _ in range(2):
+        sent(network, client(network)[0])
+    browser.login(network.gk_b1)
+    few = page_queries()
+    for _ in range(28):
+        sent(network, client(network)[0])
+    assert page_queries() == few
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "incoming")
+    with app.test_request_context("/agency/referrals/"):
+        from flask import g
+        g.acting_program = network.b1
+        from flask_login import login_user
+        login_user(network.gk_b1)
+        network.gk_b1.roles_in(network.b1)  # cached per request in the app too
+        with assert_query_count(2):
+            _count, rows = view.get_list(0, None, None, None, [])
+            names = [(r.subject.last_name, r.from_program.name, r.to_agency.name,
+                      r.assigned_to and r.assigned_to.name) for r in rows]
+    assert len(names) == 25
+
+
+def test_count_label_is_capped(app, network):
+    """R-UX-2: lists say how many rows they hold without counting whole tables."""
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "incoming")
+    assert view.count_label(12) == "12"
+    assert view.count_label(view.count_cap + 1) == "1,000+"
+
+
+def test_r_track_2_staff_filter_for_gatekeepers(app, browser, network):
+    """R-TRACK-2: a gatekeeper filters the Sent list by staff member."""
+    other = make_user("provider", network.a1, name="Sam Sender")
+    s1, _ = client(network, last_name="Bysam")
+    draft(network, s1, user=other)
+    s2, _ = client(network, last_name="Bygail")
+    draft(network, s2, user=network.gk_a1)
+    browser.login(network.gk_a1)
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "sent")
+    staff_arg = f"flt0_{view.filter_index(type(view._filters[4]), 'Staff member')}"
+    page = browser.get(f"/agency/sent/?{staff_arg}={other.id}").get_data(as_text=True)
+    assert ">Staff member</label>" in page and "Bysam" in page and "Bygail" not in page
