@@ -348,9 +348,14 @@ _directory_lock = threading.Lock()
 
 
 def network_fingerprint():
-    row = Program.select(fn.MAX(Program.updated_at), fn.COUNT(Program.id),
-                         fn.MAX(Program.mou_valid_until)).tuples().first()
-    return tuple(str(value) for value in row)
+    """Changes whenever a program, its MOU or its county/service/insurance links change
+    (max id and count of each link table: an edit deletes and adds rows)."""
+    parts = [Program.select(fn.MAX(Program.updated_at), fn.COUNT(Program.id),
+                            fn.MAX(Program.mou_valid_until), fn.SUM(Program.id * Program.active))]
+    parts += [link.select(fn.MAX(link.id), fn.COUNT(link.id))
+              for link in (ProgramCounty, ProgramService, ProgramInsurance)]
+    parts.append(Agency.select(fn.COUNT(Agency.id), fn.SUM(Agency.id * Agency.active)))
+    return tuple(str(value) for query in parts for value in query.tuples().first())
 
 
 def directory_programs(filters):

@@ -161,3 +161,14 @@ def test_r_net_1_regions_group_counties_on_the_team_page(listed, browser):
     details = reporting.directory_program(listed.food.id)
     assert details["counties"] == ["Missoula"] and details["insurance"] == []
     assert details["services"] == ["Food pantry / food bank"]
+
+
+def test_r_net_2_cache_follows_link_changes(listed):
+    """R-NET-2: changing a program's services drops the cached answer at once."""
+    pantry = models.Service.get(models.Service.name == "Food pantry / food bank")
+    assert [p["name"] for p in reporting.directory_programs({"service": str(pantry.id)})] == ["Missoula Food Bank"]
+    models.ProgramService.create(program=listed.b1, service=pantry)
+    names = [p["name"] for p in reporting.directory_programs({"service": str(pantry.id)})]
+    assert names == ["Missoula Food Bank", "Program B1"]
+    models.Agency.update(active=False).where(models.Agency.id == listed.agency_b.id).execute()
+    assert reporting.directory_programs({"service": str(pantry.id)}) == []
