@@ -480,11 +480,13 @@ def clean_subject_fields(values):
     return clean
 
 
-def _require(actor, permission):
-    if actor.program is None:
+def _require(actor, permission, program=None, message=None):
+    """The acting user's role in the acting program allows `permission`, or RuleViolation."""
+    program = program if program is not None else actor.program
+    if program is None:
         raise RuleViolation("Choose the program you act for first.", 403)
-    if not actor.user.can(permission, actor.program):
-        raise RuleViolation("Your role in this program does not allow this.", 403)
+    if not actor.user.can(permission, program):
+        raise RuleViolation(message or "Your role in this program does not allow this.", 403)
 
 
 def _link_subject(subject, program, reason):
@@ -1199,11 +1201,6 @@ def _move_referral(actor, referral, to_state, version, kind, detail="", event_st
         if not isinstance(value, Node):
             setattr(referral, name, value)
     return referral
-
-
-def _require(actor, permission, program, message):
-    if not actor.user.can(permission, program):
-        raise RuleViolation(message, 403)
 
 
 def _is_sender(actor, referral):

@@ -403,5 +403,6 @@ def register(admin):
             (AuditView, AuditEvent, "Audit log", "System", "audit")):
         admin.add_view(view(model, name=name, category=category, endpoint=endpoint,
                             url="/admin/" + endpoint.replace("_", "-")))
-    admin.add_view(AgencyMouScreen(name="Agency MOU", endpoint="agency_mou", url="/agency-mou"))
+    admin.add_view(AgencyMouScreen(name="Agency MOU", category="Agency", endpoint="agency_mou",
+                                   url="/agency-mou"))
     admin.add_view(MyAccountView(name="My account", endpoint="account", url="/account"))

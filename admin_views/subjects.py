@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from flask import abort, current_app, flash, redirect, request, url_for
+from flask import abort, flash, redirect, request, url_for
 from flask_login import current_user
 
 import matching
@@ -61,20 +61,11 @@ def care_team(rois):
 
 def chart_for(subject, actor):
     """The Referrals Chart data, when the referrals area provides it."""
-    try:
-        from admin_views import referrals
-    except ImportError:
+    from admin_views.referrals import referral_chart
+
+    if actor.program is None:  # administrators without a program have no chart of their own
         return None
-    builder = getattr(referrals, "referral_chart", None)
-    return builder(subject, actor) if builder else None
-
-
-def template_exists(name):
-    try:
-        current_app.jinja_env.get_template(name)
-    except Exception:  # TemplateNotFound, or a partial still being written
-        return False
-    return True
+    return referral_chart(subject, actor.program, actor.user)
 
 
 class SubjectsView(SecureBaseView):
@@ -199,7 +190,7 @@ class SubjectsView(SecureBaseView):
                         for r in rois)
         return self.render(
             "subjects/profile.html", subject=subject, rois=rois, team=care_team(rois),
-            chart=chart_for(subject, actor), has_chart=template_exists("referrals/_chart.html"),
+            chart=chart_for(subject, actor),
             info_types=INFO_TYPES, substance=substance, notice=REDISCLOSURE_NOTICE, today=today,
             can_start=current_user.can("start_roi", actor.program), revoke_form=RevokeForm(),
             program=actor.program)

@@ -87,7 +87,7 @@ def test_r_send_r_recv_r_stat_closed_loop_in_the_browser(page, network, smtp_ser
     page.get_by_role("button", name="Sign in").click()
     page.wait_for_url("**/")
     nav = page.get_by_role("navigation", name="Main")
-    nav.get_by_role("link", name="Agency").click()
+    nav.get_by_role("link", name="Agency", exact=True).click()
     nav.get_by_role("link", name="Sent").click()
     assert subject.last_name not in page.content()  # closed: not among the open ones
     page.get_by_role("button", name="Show Filters").click()
