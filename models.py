@@ -821,6 +821,7 @@ class Referral(TimestampedModel):
             (("to_program", "sent_at"), False),
             (("from_program", "state", "created_at"), False),
             (("from_program", "created_at"), False),
+            (("from_program", "sent_at"), False),  # Referrals To Agency and other reports
             (("assigned_to", "state", "sent_at"), False),
             (("subject", "to_program", "state"), False),
             (("to_agency", "sent_at"), False),

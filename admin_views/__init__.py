@@ -24,7 +24,10 @@ class HomeView(AccessMixin, AdminIndexView):
                                                      if hasattr(view, "index_view") else f"{view.endpoint}.index")}
                  for view in self.admin._views
                  if view is not self and view.is_visible()]
-        return self.render("admin/index.html", program=acting_program(), links=links)
+        from reporting import admin_dashboard
+        dashboard = admin_dashboard(current_user) if current_user.can("view_dashboard") else None
+        return self.render("admin/index.html", program=acting_program(), links=links,
+                           dashboard=dashboard)
 
 
 def markdown_lite(text):
