@@ -59,6 +59,15 @@ def care_team(rois):
     return sorted(team.values(), key=lambda p: (p.agency.name, p.name))
 
 
+def care_team_for(subject, actor):
+    """The care team with referral outcomes (R-NET-3), for a user acting for a program."""
+    import reporting
+
+    if actor.program is None:
+        return None
+    return reporting.care_team(actor.user, actor.program, subject)
+
+
 def chart_for(subject, actor):
     """The Referrals Chart data, when the referrals area provides it."""
     from admin_views.referrals import referral_chart
@@ -190,7 +199,7 @@ class SubjectsView(SecureBaseView):
                         for r in rois)
         return self.render(
             "subjects/profile.html", subject=subject, rois=rois, team=care_team(rois),
-            chart=chart_for(subject, actor),
+            chart=chart_for(subject, actor), care=care_team_for(subject, actor),
             info_types=INFO_TYPES, substance=substance, notice=REDISCLOSURE_NOTICE, today=today,
             can_start=current_user.can("start_roi", actor.program), revoke_form=RevokeForm(),
             program=actor.program)
