@@ -351,10 +351,10 @@ def network_fingerprint():
     """Changes whenever a program, its MOU or its county/service/insurance links change
     (max id and count of each link table: an edit deletes and adds rows)."""
     parts = [Program.select(fn.MAX(Program.updated_at), fn.COUNT(Program.id),
-                            fn.MAX(Program.mou_valid_until), fn.SUM(Program.id * Program.active))]
+                            fn.MAX(Program.mou_valid_until), fn.SUM(Case(None, [(Program.active, Program.id)], 0)))]
     parts += [link.select(fn.MAX(link.id), fn.COUNT(link.id))
               for link in (ProgramCounty, ProgramService, ProgramInsurance)]
-    parts.append(Agency.select(fn.COUNT(Agency.id), fn.SUM(Agency.id * Agency.active)))
+    parts.append(Agency.select(fn.COUNT(Agency.id), fn.SUM(Case(None, [(Agency.active, Agency.id)], 0))))
     return tuple(str(value) for query in parts for value in query.tuples().first())
 
 

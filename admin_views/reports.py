@@ -205,6 +205,12 @@ class CareTeamView(SecureBaseView):
         return self.render("reports/care_team.html", care=context)
 
 
+def care_team_context(subject):
+    """The care team of a subject for the signed-in user's acting program (templates)."""
+    return reporting.care_team(current_user, acting_program(), subject)
+
+
 def register(admin):
+    admin.app.jinja_env.globals["care_team_context"] = care_team_context
     admin.add_view(ReportsView(name="Reports", endpoint="reports", url="/reports", category="Agency"))
     admin.add_view(CareTeamView(name=None, endpoint="care_team", url="/reports/care-team"))

@@ -100,3 +100,13 @@ def test_r_net_3_subject_not_visible_is_404_and_audited(team, browser):
     denied = models.AuditEvent.select().where((models.AuditEvent.action == "view_care_team")
                                               & (models.AuditEvent.outcome == "denied"))
     assert denied.count() == 3
+
+
+def test_r_net_3_care_team_on_the_subject_profile(team, browser):
+    """R-NET-3: the subject profile shows the care team partial."""
+    browser.login(team.gk_a1)
+    response = browser.get(f"/subjects/{team.child.id}")
+    text = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert "Youth Counseling" in text and "Enrolled in Services" in text
+    assert f"/reports/care-team/{team.child.id}.pdf" in text
