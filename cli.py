@@ -242,3 +242,5 @@ def init_cli(app):
 
     from api.hsds import register_cli  # HSDS 3.0 export-hsds and import-hsds
     register_cli(app)
+    from api.fhir_auth import register_cli as register_fhir_cli  # register-api-client
+    register_fhir_cli(app)

@@ -1681,3 +1681,20 @@ def flag_delayed_referrals(today=None):
                       email_subject="A referral is delayed in CONNECT")
             flagged += 1
     return flagged
+
+
+# ---------------------------------------------------------------------------
+# FHIR API (issue 8): consent signed in the sending system
+# ---------------------------------------------------------------------------
+
+def sign_roi_by_api(actor, roi):
+    """An ROI sent as an active FHIR Consent by the client's program's own system, which
+    vouches for the signature: recorded with the method "api" (R-ROI-1 validity as any)."""
+    from models import ROI_DRAFT, SIGN_API
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_DRAFT,))
+    _check_details(roi)
+    with transaction():
+        _sign(actor, roi, SIGN_API)
+    return roi
