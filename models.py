@@ -164,6 +164,7 @@ ROI_STATE_LABELS = {
 SIGN_ESIGN = "esign"
 SIGN_TEXT = "text"
 SIGN_UPLOAD = "upload"
+API_EMAIL_DOMAIN = "@api.connect.invalid"  # accounts of FHIR API clients: no email, no sign-in
 SIGN_API = "api"  # signed in an external system that sent it through the FHIR API
 SIGNATURE_METHODS = {SIGN_ESIGN: "E-Sign", SIGN_TEXT: "Text Message", SIGN_UPLOAD: "Upload",
                      SIGN_API: "API (external system)"}
@@ -1011,12 +1012,15 @@ class ApiClient(TimestampedModel):
     """An external system (an EHR, a case-management system) acting for one program.
 
     It signs its token requests with the private key of `public_key` (PEM or JWKS JSON)
-    and acts through `user`, a sign-in-less account that is a gatekeeper of `program`, so
-    the same permissions, row filters and audit trail apply as on the screens."""
+    and acts through `user`, a sign-in-less account that acts as a gatekeeper of `program`
+    (no Membership row, so it is never listed, notified or assigned), so the same
+    permissions, row filters and audit trail apply as on the screens. Accepting a referral
+    without naming a provider assigns it to `provider`, the client's designated provider."""
     client_id = CharField(unique=True, max_length=100)
     name = CharField(max_length=200)
     program = ForeignKeyField(Program, backref="api_clients", on_delete="RESTRICT")
     user = ForeignKeyField(User, backref="+", on_delete="RESTRICT")
+    provider = ForeignKeyField(User, null=True, backref="+", on_delete="SET NULL")
     public_key = TextField()
     scopes = TextField(default="")  # space-separated SMART system scopes
     active = BooleanField(default=True)

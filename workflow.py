@@ -97,7 +97,7 @@ def notify(user, message, kind, link="", program=None, email_subject=None, email
     """A bell notification, and an email when a subject line is given."""
     Notification.create(user=user, program=program, kind=kind, message=message[:500],
                         link=link)
-    if email_subject:
+    if email_subject and not user.email.endswith("@api.connect.invalid"):  # API clients poll
         queue_email(user.email, email_subject, email_body or message, kind=kind)
 
 

@@ -11,7 +11,7 @@ from flask import Response, current_app, request
 
 from admin_views.base import SecureBaseView, client_ip, expose
 from api import fhir, fhir_auth
-from workflow import Actor, RuleViolation, audit_denial
+from workflow import RuleViolation, audit_denial
 
 
 def fhir_response(data, status=200, headers=None):
@@ -44,7 +44,7 @@ class FhirView(SecureBaseView):
             return None, error(401, "login", "A valid bearer token is required (POST /fhir/token).",
                                challenge)
         client, scopes = found
-        actor = Actor(client.user, client.program, client_ip())
+        actor = fhir_auth.actor_for(client, client_ip())
         if not fhir_auth.allows(scopes, resource, letter):
             audit_denial(actor, "fhir_scope", detail=f"{request.method} {request.path}: "
                          f"needs system/{resource}.{letter}")
@@ -59,6 +59,8 @@ class FhirView(SecureBaseView):
         try:
             return work(actor)
         except fhir.FhirError as exc:
+            if request.method != "GET":  # reads audit their own refusals
+                audit_denial(actor, f"fhir_{request.method.lower()}", detail=f"{request.path}: {exc.message}")
             return error(exc.status, exc.code, exc.message)
         except RuleViolation as exc:
             status = fhir.violation_status(exc)

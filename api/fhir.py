@@ -755,16 +755,19 @@ def post_referral(actor, bundle):
     return {"resourceType": "Bundle", "type": "transaction-response", "entry": response}, referral
 
 
-def _provider_for(actor, referral, owner):
+def _provider_for(actor, referral, owner, client):
     """The provider an accepting system names by email in Task.owner.identifier, else the
-    client's own account (the program's API gatekeeper)."""
+    client's designated provider (ApiClient.provider); neither: 422."""
     email = str(((owner or {}).get("identifier") or {}).get("value") or "").strip().lower()
     if "@" in email:
         row = workflow._program_staff(referral.to_program_id).where(User.email == email).first()
         if row is None:
             _bad(f"Task.owner names {email}, who is not a provider of this program.")
         return row.id
-    return actor.user.id
+    if client is not None and client.provider_id:
+        return client.provider_id
+    _bad("Name the provider who takes the referral: Task.owner.identifier.value = their email "
+         "(this client has no designated provider).")
 
 
 def update_task(actor, raw_id, body, if_match=None, partial=False):
@@ -796,7 +799,8 @@ def update_task(actor, raw_id, body, if_match=None, partial=False):
     with transaction():
         if status and status != current:
             if status in ("accepted", "in-progress") and referral.state == REFERRAL_SENT:
-                workflow.assign_referral(actor, referral, _provider_for(actor, referral, body.get("owner")),
+                workflow.assign_referral(actor, referral, _provider_for(actor, referral, body.get("owner"),
+                                                       getattr(actor, "api_client", None)),
                                          referral.version)
             elif status == "rejected":
                 workflow.decline_referral(actor, referral, referral.version, reason)

@@ -17,6 +17,8 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from peewee import IntegrityError
 
 from models import (
+    API_EMAIL_DOMAIN,
+    ROLE_GATEKEEPER,
     ApiAssertion,
     ApiClient,
     Membership,
@@ -94,9 +96,21 @@ def load_key_material(text):
     return {"": load_pem_public_key(text.encode())}
 
 
-def register_client(program, public_key, scopes, name="", client_id=None):
-    """A client acting for `program` through a new sign-in-less gatekeeper account.
-    Returns the ApiClient; its client_id goes into the client's assertions."""
+def actor_for(client, ip=""):
+    """The client's account acting as a gatekeeper of its program. The role is given to
+    this request's user object only (no Membership row): the account never appears in
+    staff lists, is never notified by email and can never be assigned a referral."""
+    user = client.user
+    user.__dict__.setdefault("_roles_cache", {})[client.program_id] = {ROLE_GATEKEEPER}
+    actor = Actor(user, client.program, ip)
+    actor.api_client = client
+    return actor
+
+
+def register_client(program, public_key, scopes, name="", client_id=None, provider=None):
+    """A client acting for `program` through a new sign-in-less account; `provider` (a
+    provider or gatekeeper of the program) is assigned when the client accepts a referral
+    without naming one. Returns the ApiClient; its client_id goes into the assertions."""
     if not program.active:
         raise RuleViolation("This program is not active.", 422)
     try:
@@ -106,14 +120,17 @@ def register_client(program, public_key, scopes, name="", client_id=None):
     granted = parse_scopes(scopes)
     if not granted:
         raise RuleViolation("Give at least one scope, e.g. \"system/Task.rs system/ServiceRequest.c\".", 422)
+    if provider is not None and not Membership.select().where(
+            (Membership.user == provider) & (Membership.program == program)).exists():
+        raise RuleViolation("The designated provider must be a member of the program.", 422)
     client_id = client_id or f"connect-{secrets.token_hex(8)}"
     name = (name or f"API client of {program.name}").strip()[:200]
     with transaction():
-        user = User.create(email=f"{client_id}@api.connect.invalid", name=name, password_hash=None,
+        user = User.create(email=f"{client_id}{API_EMAIL_DOMAIN}", name=name, password_hash=None,
                            must_change_password=False)
-        Membership.create(user=user, program=program, role="gatekeeper")
         client = ApiClient.create(client_id=client_id, name=name, program=program, user=user,
-                                  public_key=public_key.strip(), scopes=" ".join(granted))
+                                  provider=provider, public_key=public_key.strip(),
+                                  scopes=" ".join(granted))
         record_audit(None, "register_api_client", client, detail=f"program {program.id}: "
                      + " ".join(granted))
     return client
@@ -130,7 +147,9 @@ def register_cli(app):
                   help="PEM public key or JWKS JSON file.")
     @click.option("--scopes", required=True, help='e.g. "system/Task.rs system/ServiceRequest.c"')
     @click.option("--name", default="", help="What to call the client in the audit log.")
-    def register_api_client(program_id, key_file, scopes, name):
+    @click.option("--provider", "provider_email", default="",
+                  help="Email of the provider assigned when the client accepts without naming one.")
+    def register_api_client(program_id, key_file, scopes, name, provider_email):
         """Register a FHIR API client (SMART Backend Services) for one program."""
         with database.connection_context():
             program = Program.get_or_none(Program.id == program_id)
@@ -138,8 +157,13 @@ def register_cli(app):
                 raise click.ClickException(f"No program {program_id}.")
             with open(key_file) as handle:
                 key = handle.read()
+            provider = None
+            if provider_email:
+                provider = User.get_or_none(User.email == provider_email.strip().lower())
+                if provider is None:
+                    raise click.ClickException(f"No user {provider_email}.")
             try:
-                client = register_client(program, key, scopes, name=name)
+                client = register_client(program, key, scopes, name=name, provider=provider)
             except RuleViolation as exc:
                 raise click.ClickException(exc.message) from exc
         click.echo(f"client_id: {client.client_id}")
@@ -171,7 +195,7 @@ def issue_token(form, token_url, secret_key, ip=""):
     if client is None or header.get("alg") not in ALGORITHMS:
         raise TokenError("invalid_client", "Unknown client or unsupported algorithm "
                          "(use RS384 or ES384).", 401)
-    actor = Actor(client.user, client.program, ip)
+    actor = actor_for(client, ip)
     try:
         claims = _verify(assertion, header, client, token_url)
         requested = parse_scopes(form.get("scope", "")) if form.get("scope") else None

@@ -63,12 +63,13 @@ class Ehr:
     """An external system: registered for one program, gets a token, calls /fhir."""
 
     def __init__(self, app, program, scopes="system/*.rs system/ServiceRequest.c system/Task.u",
-                 kind="rsa"):
+                 kind="rsa", provider=None):
         self.http = app.test_client()
         self.token_url = app.config["BASE_URL"] + "/fhir/token"
         self.key, public = shared_key(kind)
         self.alg = "RS384" if kind == "rsa" else "ES384"
-        self.client = fhir_auth.register_client(program, public, scopes, name=f"EHR of {program.name}")
+        self.client = fhir_auth.register_client(program, public, scopes, name=f"EHR of {program.name}",
+                                                provider=provider)
         self._token = None
 
     def token(self, **kw):
@@ -486,6 +487,29 @@ def test_receiving_system_updates_task(app, network):
     # The sender cannot work the receiver's Task.
     Ehr(app, network.a1).send("PATCH", f"/fhir/Task/{referral.id}",
                               {"businessStatus": {"text": "Other"}}, status=404)
+
+
+def test_accept_defaults_to_designated_provider_api_account_stays_hidden(app, network):
+    """Without an email in Task.owner the client's designated provider is assigned; the API
+    account is no member: never listed as staff, never emailed (it polls)."""
+    subject, _roi = rh.client(network)
+    referral = rh.sent(network, subject)
+    plain = Ehr(app, network.b1)
+    plain.send("PATCH", f"/fhir/Task/{referral.id}", {"status": "accepted"}, status=422)
+    ehr_b = Ehr(app, network.b1, provider=network.pr_b1)
+    assert ehr_b.send("PATCH", f"/fhir/Task/{referral.id}", {"status": "accepted"})["status"] == "accepted"
+    assert rh.fresh(referral).assigned_to_id == network.pr_b1.id
+    assert not models.Membership.select().where(models.Membership.user == ehr_b.client.user_id).exists()
+    assert ehr_b.client.user_id not in [u.id for u in rh.workflow.gatekeepers_of(network.b1)]
+    # An EHR-sent referral: the sender account gets bell notifications but no email.
+    ehr_a = Ehr(app, network.a1)
+    result = ehr_a.send("POST", "/fhir", referral_bundle(network.a2))
+    task_id = int(result["entry"][-1]["response"]["location"].split("/")[1])
+    gk_a2 = rh.make_user("gatekeeper", network.a2)
+    sent = models.Referral.get_by_id(task_id)
+    rh.workflow.assign_referral(rh.actor(gk_a2, network.a2), sent, gk_a2.id, sent.version)
+    assert not models.Outbox.select().where(models.Outbox.recipient.endswith("api.connect.invalid")).exists()
+    assert models.Notification.select().where(models.Notification.user == ehr_a.client.user_id).exists()
 
 
 def test_reject_with_reason_and_sender_cancel(app, network):
