@@ -1039,7 +1039,23 @@ class ApiAssertion(BaseModel):
         indexes = ((("client", "jti"), True),)
 
 
-API_MODELS = [ApiClient, ApiAssertion]
+class FhirSubscription(TimestampedModel):
+    """An R4 rest-hook Subscription on the Tasks its client's program sees: the worker posts
+    changed Tasks to `endpoint`, HMAC-signed with `secret`, retrying with back-off."""
+    client = ForeignKeyField(ApiClient, backref="subscriptions", on_delete="CASCADE")
+    status = CharField(max_length=10, default="active")  # active, error, off
+    criteria = CharField(max_length=300)
+    endpoint = CharField(max_length=500)
+    secret = CharField(max_length=200)
+    reason = CharField(max_length=300, default="")
+    cursor = DateTimeField(default=utcnow)  # Tasks changed after this are still to send
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow, index=True)
+    last_error = TextField(default="")
+    updated_at = DateTimeField(default=utcnow)
+
+
+API_MODELS = [ApiClient, ApiAssertion, FhirSubscription]
 
 
 def _migration_2_api_clients():

@@ -96,6 +96,16 @@ class FhirView(SecureBaseView):
             return fhir_response(result, 200)
         return self._run("ServiceRequest", "c", work)
 
+    @expose("/Subscription", methods=("POST",))
+    def subscribe(self):
+        from api.fhir_subscriptions import create_subscription, subscription_resource
+
+        def work(actor):
+            sub = create_subscription(actor, request.get_json(silent=True, force=True))
+            return fhir_response(subscription_resource(sub), 201,
+                                 {"Location": f"{base_url()}/Subscription/{sub.id}"})
+        return self._run("Subscription", "c", work)
+
     @expose("/<kind>")
     def search(self, kind):
         if kind not in fhir.READ_TYPES:

@@ -70,7 +70,8 @@ INSURANCE_CONFIRMED = "insurance-confirmed"
 RACE_URL = "urn:connect:race"
 MILITARY_URL = "urn:connect:military"
 SUCCESS = "Closed- Successful completion"
-READ_TYPES = ("Patient", "Consent", "ServiceRequest", "Task", "Organization", "HealthcareService")
+READ_TYPES = ("Patient", "Consent", "ServiceRequest", "Task", "Organization", "HealthcareService",
+              "Subscription")
 SEARCH_PARAMS = {
     "Patient": ("_id", "_lastUpdated"),
     "Consent": ("_id", "_lastUpdated", "patient", "status"),
@@ -78,6 +79,7 @@ SEARCH_PARAMS = {
     "Task": ("_id", "_lastUpdated", "patient", "status", "owner", "requester"),
     "Organization": ("_id", "_lastUpdated"),
     "HealthcareService": ("_id", "_lastUpdated"),
+    "Subscription": ("_id", "_lastUpdated"),
 }
 COMMON_PARAMS = ("_count", "_offset", "_format")
 GENDER_TO_FHIR = {"Female": "female", "Male": "male", "Prefers not to say": "unknown"}
@@ -423,6 +425,10 @@ def base_query(actor, kind):
         return Referral.visible_to(user, program), Referral, Referral.updated_at
     if kind == "HealthcareService":
         return directory_programs(actor), Program, Program.updated_at
+    if kind == "Subscription":
+        from api.fhir_subscriptions import visible
+        from models import FhirSubscription
+        return visible(actor), FhirSubscription, FhirSubscription.updated_at
     if kind == "Organization":
         agencies = directory_programs(actor).select(Program.agency)
         return Agency.select().where(Agency.id.in_(agencies)), Agency, Agency.created_at
@@ -511,6 +517,9 @@ def to_resource(actor, kind, row):
                                         and row.from_program_id != actor.program_id)
     if kind == "Organization":
         return organization_resource(row)
+    if kind == "Subscription":
+        from api.fhir_subscriptions import subscription_resource
+        return subscription_resource(row)
     return healthcare_service_resource(row)
 
 
@@ -853,6 +862,12 @@ def capability_statement(base_url):
                 "(the sender), businessStatus.text = an outcome status label, new note entries.")
         if kind == "ServiceRequest":
             item["supportedProfile"] = [SR_PROFILE]
+        if kind == "Subscription":
+            item["interaction"].append({"code": "create"})
+            item["documentation"] = (
+                "criteria \"Task\", channel rest-hook (http(s) endpoint, application/fhir+json), "
+                "extension urn:connect:hmac-secret (16+ characters): changed Tasks are POSTed "
+                "as a history Bundle signed in the X-Connect-Signature header (sha256=HMAC).")
         resources.append(item)
     return {
         "resourceType": "CapabilityStatement", "status": "active", "date": "2026-11-23",

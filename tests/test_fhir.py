@@ -160,7 +160,8 @@ def test_metadata_capability_statement(app):
     assert answer.status_code == 200 and answer.mimetype == FHIR
     statement = parse(answer.get_json())
     types = {r.type for r in statement.rest[0].resource}
-    assert types == {"Patient", "Consent", "ServiceRequest", "Task", "Organization", "HealthcareService"}
+    assert types == {"Patient", "Consent", "ServiceRequest", "Task", "Organization",
+                     "HealthcareService", "Subscription"}
     task = next(r for r in statement.rest[0].resource if r.type == "Task")
     assert {i.code for i in task.interaction} == {"read", "search-type", "update", "patch"}
     assert {p.name for p in task.searchParam} >= {"_id", "_lastUpdated", "patient", "status",
@@ -552,3 +553,101 @@ def test_round_trip_ehr_gatekeeper_on_screen(app, network, browser):
     assert answer.status_code == 302
     task = ehr.get(f"/fhir/Task/{task_id}")
     assert task["status"] == "failed" and task["businessStatus"]["text"] == "Not Started- Declined services"
+
+
+# ---------------------------------------------------------------------------
+# Subscriptions: rest-hook delivered by the worker, HMAC-signed, retried
+# ---------------------------------------------------------------------------
+
+class Hook:
+    """The EHR's subscription endpoint: a real local HTTP server recording POSTs."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        hook = self
+        self.received, self.fail_next = [], 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if hook.fail_next:
+                    hook.fail_next -= 1
+                    self.send_response(503)
+                else:
+                    hook.received.append((dict(self.headers), body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+SECRET = "a-shared-secret-of-the-ehr"
+
+
+def subscription(endpoint, secret=SECRET, criteria="Task"):
+    return {"resourceType": "Subscription", "status": "requested", "reason": "Referral updates",
+            "criteria": criteria, "channel": {"type": "rest-hook", "endpoint": endpoint,
+                                              "payload": "application/fhir+json"},
+            "extension": [{"url": "urn:connect:hmac-secret", "valueString": secret}]}
+
+
+def test_round_trip_with_subscription_rest_hook(app, network, browser):
+    """EHR posts the Bundle and subscribes → the gatekeeper assigns on screen → the worker
+    POSTs the Task change (HMAC-signed) to the EHR's endpoint, retrying after a failure →
+    the EHR reads the outcome."""
+    import hashlib
+    import hmac
+
+    import messaging
+
+    hook = Hook()
+    try:
+        ehr = Ehr(app, network.a1, scopes="system/*.rs system/ServiceRequest.c system/Subscription.c")
+        for bad in (subscription(hook.url, secret="short"), subscription("ftp://x/y"),
+                    subscription(hook.url, criteria="Patient")):
+            ehr.send("POST", "/fhir/Subscription", bad, status=422)
+        created = ehr.send("POST", "/fhir/Subscription", subscription(hook.url), status=201)
+        assert created["status"] == "active"
+        assert Ehr(app, network.b1).get(f"/fhir/Subscription/{created['id']}", status=404)
+        result = ehr.send("POST", "/fhir", referral_bundle(network.b1))
+        task_id = int(result["entry"][-1]["response"]["location"].split("/")[1])
+        messaging.run_due_jobs()
+        assert len(hook.received) == 1  # the new Task (requested)
+        browser.login(network.gk_b1)
+        referral = models.Referral.get_by_id(task_id)
+        page = f"/referrals/{task_id}"
+        assert browser.post(f"/referrals/{task_id}/assign", {
+            "assign-provider": network.pr_b1.id, "assign-version": referral.version},
+            token_from=page).status_code == 302
+        hook.fail_next = 1
+        messaging.run_due_jobs()
+        sub = models.FhirSubscription.get_by_id(int(created["id"]))
+        assert len(hook.received) == 1 and sub.attempts == 1 and "503" in sub.last_error
+        models.FhirSubscription.update(next_attempt_at=models.utcnow()).execute()
+        messaging.run_due_jobs()
+        headers, body = hook.received[-1]
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        assert headers["X-Connect-Signature"] == expected
+        bundle = json.loads(body)
+        parse(bundle)
+        assert [(e["resource"]["id"], e["resource"]["status"]) for e in bundle["entry"]] == [
+            (str(task_id), "accepted")]
+        messaging.run_due_jobs()
+        assert len(hook.received) == 2  # nothing new, nothing sent
+        referral = models.Referral.get_by_id(task_id)
+        browser.post(f"/referrals/{task_id}/status", {
+            "status-status": "Closed- Successful completion", "status-version": referral.version},
+            token_from=page)
+        messaging.run_due_jobs()
+        assert json.loads(hook.received[-1][1])["entry"][0]["resource"]["status"] == "completed"
+        task = ehr.get(f"/fhir/Task/{task_id}")
+        assert task["businessStatus"]["text"] == "Closed- Successful completion"
+    finally:
+        hook.server.shutdown()
