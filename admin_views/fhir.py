@@ -62,6 +62,13 @@ class FhirView(SecureBaseView):
             if request.method != "GET":  # reads audit their own refusals
                 audit_denial(actor, f"fhir_{request.method.lower()}", detail=f"{request.path}: {exc.message}")
             return error(exc.status, exc.code, exc.message)
+        except (AttributeError, TypeError, KeyError, ValueError) as exc:
+            # Malformed JSON shapes (a string where an object belongs...): a clear 422; the
+            # request's transaction was rolled back, nothing is written (R-SAFE-2).
+            current_app.logger.info("FHIR malformed body: %r", exc)
+            audit_denial(actor, f"fhir_{request.method.lower()}", detail=f"{request.path}: malformed")
+            return error(422, "structure", "The resource is not valid FHIR R4 JSON for this "
+                         "request (an element has the wrong type or shape).")
         except RuleViolation as exc:
             status = fhir.violation_status(exc)
             audit_denial(actor, f"fhir_{request.method.lower()}", detail=f"{request.path}: {exc.message}")

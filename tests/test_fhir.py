@@ -249,7 +249,7 @@ def test_register_api_client_cli(app, network, tmp_path):
 # Reads and searches: only what the calling program may see
 # ---------------------------------------------------------------------------
 
-def test_read_task_status_mapping_and_r_safe_1_audit(app, network):
+def test_r_safe_1_read_task_audited(app, network):
     """R-SAFE-1: API reads are audited with the client's program."""
     subject, _roi = rh.client(network)
     referral = rh.sent(network, subject)
@@ -447,7 +447,7 @@ def test_r_safe_2_bad_bundles_write_nothing(app, network, change, status, words)
     assert counts() == before
 
 
-def test_bundle_to_program_without_mou_and_scope(app, network):
+def test_r_roi_1_bundle_refused_without_mou_or_scope(app, network):
     """R-ROI-1 / R-MOU-3: a program without a valid MOU cannot be named; no write scope, 403."""
     models.Program.update(mou_valid_until=None).where(models.Program.id == network.b1.id).execute()
     ehr = Ehr(app, network.a1)
@@ -458,9 +458,18 @@ def test_bundle_to_program_without_mou_and_scope(app, network):
     reader.send("POST", "/fhir", referral_bundle(network.a2), status=403)
     ehr.send("POST", "/fhir", {"resourceType": "Bundle", "type": "batch"}, status=422)
     ehr.send("POST", "/fhir", {"nonsense": True}, status=422)
+    for broken in ({"resourceType": "Bundle", "type": "transaction", "entry": ["x"]},
+                   {"resourceType": "Bundle", "type": "transaction", "entry": "x"}):
+        ehr.send("POST", "/fhir", broken, status=422)
+    shapes = referral_bundle(network.a2)
+    shapes["entry"][0]["resource"]["name"] = "Ann"
+    shapes["entry"][3]["resource"]["owner"] = "HealthcareService/1"
+    answer = ehr.http.post("/fhir", data=json.dumps(shapes), headers=ehr._headers())
+    assert answer.status_code == 422 and answer.get_json()["resourceType"] == "OperationOutcome"
+    assert counts() == before
 
 
-def test_receiving_system_updates_task(app, network):
+def test_r_recv_3_receiving_system_updates_task(app, network):
     """The receiving system accepts (assign to a provider named by email), sets the outcome
     label and adds a note; a conflicting second accept is refused (R-RECV-3)."""
     subject, _roi = rh.client(network)
