@@ -1602,6 +1602,9 @@ def add_referral_note(actor, referral, kind, note_date, text):
     with transaction():
         note = ReferralNote.create(referral=referral, author=actor.user, program=actor.program_id,
                                    kind=kind, note_date=day, text=text[:5000])
+        # A new note is a change of the referral for polling systems (FHIR _lastUpdated).
+        type(referral).update(updated_at=note.created_at).where(
+            type(referral).id == referral.id).execute()
         record_audit(actor, "add_referral_note", note, subject=referral.subject_id)
         if referral.created_by_id:
             _tell(User.get_by_id(referral.created_by_id), referral,

@@ -562,6 +562,15 @@ def test_round_trip_ehr_gatekeeper_on_screen(app, network, browser):
     assert answer.status_code == 302
     task = ehr.get(f"/fhir/Task/{task_id}")
     assert task["status"] == "failed" and task["businessStatus"]["text"] == "Not Started- Declined services"
+    # A note written on screen is a change the EHR's polling sees (R-SEND-6).
+    since = task["meta"]["lastUpdated"]
+    time.sleep(0.01)
+    answer = browser.post(f"/referrals/{task_id}/note", {
+        "note-kind": "contact_made", "note-note_date": models.local_today().isoformat(),
+        "note-text": "Spoke with the client"}, token_from=page)
+    assert answer.status_code == 302, answer.get_data(as_text=True)[:300]
+    polled = ehr.get(f"/fhir/Task?_lastUpdated=gt{since}")
+    assert "Spoke with the client" in polled["entry"][0]["resource"]["note"][-1]["text"]
 
 
 # ---------------------------------------------------------------------------
