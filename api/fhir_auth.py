@@ -12,7 +12,6 @@ import json
 import re
 import secrets
 
-import jwt
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from peewee import IntegrityError
 
@@ -85,6 +84,8 @@ def allows(scopes, resource, letter):
 
 def load_key_material(text):
     """A public key from PEM or a JWKS (JSON); raises ValueError when neither."""
+    import jwt  # lazy: keeps the app's start-up fast
+
     text = (text or "").strip()
     if text.startswith("{"):
         data = json.loads(text)
@@ -111,6 +112,8 @@ def register_client(program, public_key, scopes, name="", client_id=None, provid
     """A client acting for `program` through a new sign-in-less account; `provider` (a
     provider or gatekeeper of the program) is assigned when the client accepts a referral
     without naming one. Returns the ApiClient; its client_id goes into the assertions."""
+    import jwt  # lazy: keeps the app's start-up fast
+
     if not program.active:
         raise RuleViolation("This program is not active.", 422)
     try:
@@ -180,6 +183,8 @@ def _serializer(secret_key):
 
 def issue_token(form, token_url, secret_key, ip=""):
     """The token answer for a client_credentials request, or TokenError."""
+    import jwt  # lazy: keeps the app's start-up fast
+
     if form.get("grant_type") != "client_credentials":
         raise TokenError("unsupported_grant_type", "Use grant_type=client_credentials.")
     if form.get("client_assertion_type") != ASSERTION_TYPE:
@@ -227,6 +232,8 @@ def issue_token(form, token_url, secret_key, ip=""):
 
 
 def _verify(assertion, header, client, token_url):
+    import jwt  # lazy: keeps the app's start-up fast
+
     keys = load_key_material(client.public_key)
     key = keys.get(header.get("kid", "")) or (next(iter(keys.values())) if len(keys) == 1 else None)
     if key is None:
