@@ -246,3 +246,6 @@ def init_cli(app):
     # Benchmarks (issue 6): flask --app app generate-scale
     from bench.generate import register_cli as register_bench_cli
     register_bench_cli(app)
+
+    from api.fhir_auth import register_cli as register_fhir_cli  # register-api-client
+    register_fhir_cli(app)

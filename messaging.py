@@ -156,6 +156,8 @@ def run_due_jobs():
         if job is not None:
             results[name] = job()
     results["delivered"] = deliver_pending()
+    from api.fhir_subscriptions import deliver_due  # FHIR rest-hook Subscriptions (issue 8)
+    results["fhir_subscriptions"] = deliver_due(workflow._base_url())
     return results
 
 

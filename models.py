@@ -164,7 +164,10 @@ ROI_STATE_LABELS = {
 SIGN_ESIGN = "esign"
 SIGN_TEXT = "text"
 SIGN_UPLOAD = "upload"
-SIGNATURE_METHODS = {SIGN_ESIGN: "E-Sign", SIGN_TEXT: "Text Message", SIGN_UPLOAD: "Upload"}
+API_EMAIL_DOMAIN = "@api.connect.invalid"  # accounts of FHIR API clients: no email, no sign-in
+SIGN_API = "api"  # signed in an external system that sent it through the FHIR API
+SIGNATURE_METHODS = {SIGN_ESIGN: "E-Sign", SIGN_TEXT: "Text Message", SIGN_UPLOAD: "Upload",
+                     SIGN_API: "API (external system)"}
 AUTHORIZER_KINDS = {
     "client": "Client",
     "parent": "Parent",
@@ -1006,8 +1009,67 @@ def _protect_audit_table():
             "FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only()")
 
 
+# ---------------------------------------------------------------------------
+# FHIR API clients (issue 8): SMART Backend Services registrations, migration 2.
+# ---------------------------------------------------------------------------
+
+class ApiClient(TimestampedModel):
+    """An external system (an EHR, a case-management system) acting for one program.
+
+    It signs its token requests with the private key of `public_key` (PEM or JWKS JSON)
+    and acts through `user`, a sign-in-less account that acts as a gatekeeper of `program`
+    (no Membership row, so it is never listed, notified or assigned), so the same
+    permissions, row filters and audit trail apply as on the screens. Accepting a referral
+    without naming a provider assigns it to `provider`, the client's designated provider."""
+    client_id = CharField(unique=True, max_length=100)
+    name = CharField(max_length=200)
+    program = ForeignKeyField(Program, backref="api_clients", on_delete="RESTRICT")
+    user = ForeignKeyField(User, backref="+", on_delete="RESTRICT")
+    provider = ForeignKeyField(User, null=True, backref="+", on_delete="SET NULL")
+    public_key = TextField()
+    scopes = TextField(default="")  # space-separated SMART system scopes
+    active = BooleanField(default=True)
+
+    def __str__(self):
+        return self.name
+
+
+class ApiAssertion(BaseModel):
+    """Each client assertion's jti is used once (replays refused) until it expires."""
+    client = ForeignKeyField(ApiClient, backref="+", on_delete="CASCADE")
+    jti = CharField(max_length=200)
+    expires_at = DateTimeField(index=True)
+
+    class Meta:
+        indexes = ((("client", "jti"), True),)
+
+
+class FhirSubscription(TimestampedModel):
+    """An R4 rest-hook Subscription on the Tasks its client's program sees: the worker posts
+    changed Tasks to `endpoint`, HMAC-signed with `secret`, retrying with back-off."""
+    client = ForeignKeyField(ApiClient, backref="subscriptions", on_delete="CASCADE")
+    status = CharField(max_length=10, default="active")  # active, error, off
+    criteria = CharField(max_length=300)
+    endpoint = CharField(max_length=500)
+    secret = CharField(max_length=200)
+    reason = CharField(max_length=300, default="")
+    cursor = DateTimeField(default=utcnow)  # Tasks changed after this are still to send
+    attempts = IntegerField(default=0)
+    next_attempt_at = DateTimeField(default=utcnow, index=True)
+    last_error = TextField(default="")
+    updated_at = DateTimeField(default=utcnow)
+
+
+API_MODELS = [ApiClient, ApiAssertion, FhirSubscription]
+
+
+def _migration_2_api_clients():
+    database.create_tables(API_MODELS, safe=True)
+
+
 MIGRATIONS = [
     (1, _migration_1_initial),
+    (2, _migration_2_api_clients),
 ]
 
 

@@ -97,7 +97,7 @@ def notify(user, message, kind, link="", program=None, email_subject=None, email
     """A bell notification, and an email when a subject line is given."""
     Notification.create(user=user, program=program, kind=kind, message=message[:500],
                         link=link)
-    if email_subject:
+    if email_subject and not user.email.endswith("@api.connect.invalid"):  # API clients poll
         queue_email(user.email, email_subject, email_body or message, kind=kind)
 
 
@@ -1602,6 +1602,9 @@ def add_referral_note(actor, referral, kind, note_date, text):
     with transaction():
         note = ReferralNote.create(referral=referral, author=actor.user, program=actor.program_id,
                                    kind=kind, note_date=day, text=text[:5000])
+        # A new note is a change of the referral for polling systems (FHIR _lastUpdated).
+        type(referral).update(updated_at=note.created_at).where(
+            type(referral).id == referral.id).execute()
         record_audit(actor, "add_referral_note", note, subject=referral.subject_id)
         if referral.created_by_id:
             _tell(User.get_by_id(referral.created_by_id), referral,
@@ -1681,3 +1684,20 @@ def flag_delayed_referrals(today=None):
                       email_subject="A referral is delayed in CONNECT")
             flagged += 1
     return flagged
+
+
+# ---------------------------------------------------------------------------
+# FHIR API (issue 8): consent signed in the sending system
+# ---------------------------------------------------------------------------
+
+def sign_roi_by_api(actor, roi):
+    """An ROI sent as an active FHIR Consent by the client's program's own system, which
+    vouches for the signature: recorded with the method "api" (R-ROI-1 validity as any)."""
+    from models import ROI_DRAFT, SIGN_API
+
+    _require(actor, "sign_roi")
+    _own_roi(actor, roi, (ROI_DRAFT,))
+    _check_details(roi)
+    with transaction():
+        _sign(actor, roi, SIGN_API)
+    return roi

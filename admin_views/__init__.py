@@ -73,7 +73,7 @@ def register_area_views(admin):
     referrals, reports)."""
     import importlib
 
-    for name in ("accounts", "directory", "subjects", "consent", "referrals", "reports", "public", "interop"):
+    for name in ("accounts", "directory", "subjects", "consent", "referrals", "reports", "public", "interop", "fhir"):
         try:
             module = importlib.import_module(f"admin_views.{name}")
         except ModuleNotFoundError as exc:
