@@ -142,6 +142,15 @@ def init_security_headers(app):
     def _nonce():
         g.csp_nonce = secrets.token_urlsafe(16)
 
+    @app.before_request
+    def _no_nul_bytes():
+        """A NUL byte in a query or form value is never meaningful and PostgreSQL refuses
+        it in text (a 500; found by the security battery, item 9): 400 instead."""
+        if any("\x00" in value for values in (request.args, request.form)
+               for value in values.values()):
+            from flask import abort
+            abort(400)
+
     @app.after_request
     def _headers(response):
         nonce = getattr(g, "csp_nonce", "")

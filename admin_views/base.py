@@ -11,6 +11,7 @@ import functools
 
 from flask import abort, current_app, flash, g, redirect, request, session, url_for
 from flask_admin import BaseView, expose  # noqa: F401  (re-exported for view modules)
+from flask_admin.actions import action
 from flask_admin.contrib.peewee import ModelView
 from flask_admin.form import BaseForm
 from flask_login import current_user
@@ -174,6 +175,32 @@ class SecureModelView(AccessMixin, ModelView):
         """Action ids from the browser: only those the user may see, as ints."""
         clean = [key for key in map(_as_id, ids) if key is not None]
         return list(self.visible_query().where(self.model.id.in_(clean))) if clean else []
+
+    MAX_PAGE = 100_000
+
+    def _get_list_extra_args(self):
+        """page and page_size from the browser, kept in range: a huge or negative page
+        made the database refuse the OFFSET (a 500; found by the security battery, item 9)."""
+        args = super()._get_list_extra_args()
+        args.page = min(max(args.page or 0, 0), self.MAX_PAGE)
+        if args.page_size not in self.page_size_options:
+            args.page_size = 0
+        return args
+
+    def handle_action(self, return_view=None):
+        """Flask-Admin's built-in "delete" action deletes by raw id (recursively) without
+        the row filter: refuse it wherever the view does not allow deleting, whatever a
+        subclass's is_action_allowed says (found by the security battery, item 2)."""
+        if request.form.get("action") == "delete" and not self.can_delete:
+            audit_denial(current_actor(), f"{self.endpoint}.action_delete", detail="delete not allowed")
+            abort(403)
+        return super().handle_action(return_view)
+
+    @action("delete", "Delete", "Delete the selected records?")
+    def action_delete(self, ids):
+        """Delete only rows the user may see, through delete_model (never a raw id)."""
+        done = sum(1 for row in self._ids(ids) if self.delete_model(row))
+        flash(f"{done} record(s) deleted.", "success" if done else "warning")
 
     def handle_rule_violation(self, exc):
         flash(exc.message, "error")

@@ -29,6 +29,13 @@ def local_day_start_utc(day):
     return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
 
 
+def _out_of_range(value):
+    try:
+        return abs(int(str(value).strip())) > 2 ** 63 - 1
+    except ValueError:
+        return False
+
+
 class OptionFilter(BasePeeweeFilter):
     """column == one of the (int id, label) options; options may be a callable."""
 
@@ -163,7 +170,9 @@ class LeanListView(SecureModelView):
             pos, key = arg[3:].split("_", 1)
             if key in self._filter_args:
                 index, flt = self._filter_args[key]
-                if flt.validate(value):
+                # A number beyond 64 bits made the database driver raise (a 500; security
+                # battery, item 9): refused like any other invalid value.
+                if flt.validate(value) and not _out_of_range(value):
                     found.append((pos, (index, flt.name, value)))
                 else:
                     flash(f"Ignored an invalid value for the filter “{flt.name}”.", "error")

@@ -357,7 +357,7 @@ class IncomingView(ReferralListView):
         return incoming_query(actor.user, actor.program)
 
     def is_action_allowed(self, name):
-        return current_actor().user.can("assign_referral", acting_program())
+        return name == "assign_to_me" and current_actor().user.can("assign_referral", acting_program())
 
     @action("assign_to_me", "Assign to me", "Assign the selected referrals to yourself?")
     def action_assign_to_me(self, ids):

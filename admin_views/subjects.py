@@ -7,7 +7,7 @@ from flask_login import current_user
 
 import matching
 import workflow
-from admin_views.base import SecureBaseView, current_actor, expose
+from admin_views.base import SecureBaseView, current_actor, expose, same_site_referrer
 from forms.consent import RevokeForm
 from forms.subjects import PAGE_1, PAGE_2, LinkSubjectForm, SearchForm, SubjectForm
 from models import (
@@ -112,7 +112,7 @@ class SubjectsView(SecureBaseView):
         form = LinkSubjectForm()
         if not form.validate_on_submit():
             flash("Type the phone or address the client tells you.", "error")
-            return redirect(request.referrer or url_for(".index"))
+            return redirect(same_site_referrer() or url_for(".index"))
         try:
             dob = dt.date.fromisoformat(form.dob.data)
             subject = workflow.link_existing_subject(
@@ -123,7 +123,7 @@ class SubjectsView(SecureBaseView):
             return redirect(url_for(".index"))
         except workflow.RuleViolation as exc:
             flash(exc.message, "error")
-            return redirect(request.referrer or url_for(".index"))
+            return redirect(same_site_referrer() or url_for(".index"))
         flash(f"{subject.full_name} is now linked to your program.", "success")
         return redirect(url_for(".profile", subject_id=subject.id))
 
