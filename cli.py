@@ -1,6 +1,7 @@
 """Commands of CONTRACT.md: init-db, seed-demo, create-admin, run-worker, backup, restore."""
 
 import csv
+import datetime as dt
 import json
 import os
 import pathlib
@@ -109,12 +110,60 @@ def seed_demo_network(echo=print):
         if sign and not program.has_valid_mou() and program.id in members:
             gatekeeper = members[program.id]
             workflow.sign_agency_mou(workflow.Actor(gatekeeper), program, gatekeeper.name)
+    seed_demo_story(echo)
     echo("Demo network ready. Sign-in addresses (password in README.md):")
     for admin in spec["administrators"]:
         echo(f"  administrator  {admin['email']}")
     for item in spec["users"]:
         roles = ", ".join(f"{r[2]} of {r[1]}" for r in item["roles"])
         echo(f"  {item['email']:40} {roles}")
+
+
+def seed_demo_story(echo=print):
+    """One client whose care team spans a school, a clinic and a behavioral-health program
+    (R-NET-3): the school refers her to both under one signed ROI; both have assigned her."""
+    import referral_fields
+    from models import Agency, County, Program, Referral, Subject, User
+
+    if Subject.select().where(Subject.last_norm == "demorivera").exists():
+        return
+    def program(agency, name):
+        return Program.select().join(Agency).where((Agency.name == agency) & (Program.name == name)).get()
+    school = program("Missoula County Public Schools", "School-Based Family Support")
+    clinic = program("Bridger Community Health Clinic", "Primary Care")
+    counseling = program("Western Montana Behavioral Health", "Outpatient Counseling")
+    def user(email):
+        return User.get(User.email == email)
+    counselor = workflow.Actor(user("counselor.school@connect.example"), school, "127.0.0.1")
+    try:
+        subject, _ = workflow.create_subject(counselor, {
+            "first_name": "Maya", "last_name": "Demo-Rivera", "dob": dt.date(2012, 3, 14),
+            "gender": "Female", "race": "More than one race", "military": "Military family member",
+            "address": "215 S 6th St W", "city": "Missoula", "zip_code": "59801",
+            "county": County.get(County.name == "Missoula").id, "phone": "(406) 555-0199"},
+            confirm_new=True)
+        roi = workflow.start_roi(counselor, subject, [clinic.id, counseling.id])
+        workflow.complete_roi(counselor, roi, ["contact", "demographics", "behavioral_health",
+                                               "education"], "parent", "Ana Rivera")
+        workflow.sign_roi_esign(counselor, roi, "Ana Rivera", True)
+        for target, gatekeeper, provider, status in (
+                (clinic, "gatekeeper.clinic@connect.example", "provider.clinic@connect.example",
+                 "Enrolled in Services"),
+                (counseling, "gatekeeper.bh@connect.example", "therapist@connect.example",
+                 "On Waiting List")):
+            roi = models.Roi.get_by_id(roi.id)
+            personal = referral_fields.personal_from_subject(subject, roi)
+            draft = workflow.save_referral_draft(counselor, subject, target, personal, {})
+            workflow.send_referral(counselor, draft, draft.version, True)
+            receiving = workflow.Actor(user(gatekeeper), target, "127.0.0.1")
+            sent = Referral.get_by_id(draft.id)
+            workflow.assign_referral(receiving, sent, user(provider).id, sent.version)
+            assigned = Referral.get_by_id(draft.id)
+            workflow.set_referral_status(workflow.Actor(user(provider), target, "127.0.0.1"),
+                                         assigned, status, assigned.version)
+        echo("Demo client Maya Demo-Rivera: referred by the school to the clinic and to counseling.")
+    except workflow.RuleViolation as exc:
+        echo(f"Demo client not created: {exc.message}")
 
 
 def sqlite_path():
