@@ -307,10 +307,11 @@ class ReferralListView(LeanListView):
     def search_placeholder(self):
         return "Client name"
 
-    def list_query(self):
-        return referral_list_query(self.visible_query())
+    def join_page(self, query):
+        return referral_list_query(query)
 
     def apply_search(self, query, search):
+        query = query.join(Subject, on=(Referral.subject == Subject.id))
         for term in search.split()[:4]:
             norm = normalize_name(term)
             if norm:
