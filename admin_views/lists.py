@@ -14,8 +14,9 @@ So a page costs at most 2 queries of its own (page, capped count).
 """
 
 import datetime as dt
+import time
 
-from flask import abort, flash, g, request
+from flask import abort, current_app, flash, g, request
 from flask_admin.contrib.peewee.filters import BasePeeweeFilter
 from flask_admin.form import BaseForm
 from wtforms import HiddenField
@@ -29,6 +30,29 @@ def local_day_start_utc(day):
     """Midnight of a local calendar day, as the naive UTC the database stores."""
     moment = dt.datetime.combine(day, dt.time(0), tzinfo=local_zone())
     return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+OPTION_CACHE_SECONDS = 120
+_option_cache = {}
+
+
+def cached_options(key, build):
+    """A filter's choices, built at most every LIST_OPTION_CACHE_SECONDS per process and
+    key (e.g. per program): drop-downs over statewide tables are not rebuilt on every page.
+    Off under TESTING (each test has its own rows behind the same ids)."""
+    seconds = current_app.config.get("LIST_OPTION_CACHE_SECONDS",
+                                     0 if current_app.testing else OPTION_CACHE_SECONDS)
+    if not seconds:
+        return build()
+    now = time.monotonic()
+    hit = _option_cache.get(key)
+    if hit is not None and now - hit[0] < seconds:
+        return hit[1]
+    value = build()
+    if len(_option_cache) > 5000:
+        _option_cache.clear()
+    _option_cache[key] = (now, value)
+    return value
 
 
 class OptionFilter(BasePeeweeFilter):

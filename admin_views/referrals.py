@@ -11,7 +11,7 @@ from peewee import JOIN
 
 import workflow
 from admin_views.base import SecureBaseView, acting_program, current_actor, expose
-from admin_views.lists import DayFilter, LeanListView, OptionFilter
+from admin_views.lists import DayFilter, LeanListView, OptionFilter, cached_options
 from forms.referrals import (
     AssignForm,
     NoteForm,
@@ -224,18 +224,26 @@ def _program_options():
 def _agency_options():
     if not has_request_context():  # Flask-Admin scaffolds filters at start-up
         return []
-    return [(a.id, a.name) for a in Agency.select(Agency.id, Agency.name).order_by(Agency.name)]
+    return cached_options("agencies", lambda: [
+        (a.id, a.name) for a in Agency.select(Agency.id, Agency.name).order_by(Agency.name)])
 
 
 def _sent_to_options():
+    """The programs the acting program has sent to: a scan of all its sent referrals
+    (no index leads with (from_program, to_program)), so cached a few minutes."""
     if not has_request_context():  # Flask-Admin scaffolds filters at start-up
         return []
     program = acting_program()
     if program is None:
         return []
-    ids = Referral.select(Referral.to_program).where(Referral.from_program == program).distinct()
-    return [(p.id, p.label) for p in Program.select(Program, Agency).join(Agency)
-            .where(Program.id.in_(ids)).order_by(Agency.name, Program.name)]
+
+    def build():
+        ids = (Referral.select(Referral.to_program)
+               .where(Referral.from_program == program.id).distinct())
+        return [(p.id, p.label) for p in Program.select(Program, Agency).join(Agency)
+                .where(Program.id.in_(ids)).order_by(Agency.name, Program.name)]
+
+    return cached_options(("sent_to", program.id), build)
 
 
 def _client_link(view, context, model, name):
