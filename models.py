@@ -260,8 +260,9 @@ SQLITE_PRAGMAS = {
 }
 
 
-def make_database(url):
-    """A peewee database for a DATABASE_URL: SQLite (WAL, FULL) or pooled psycopg 3."""
+def make_database(url, sqlite_pragmas=None):
+    """A peewee database for a DATABASE_URL: SQLite (WAL, FULL) or pooled psycopg 3.
+    `sqlite_pragmas` replaces SQLITE_PRAGMAS (the worker's smaller page cache)."""
     from peewee import SqliteDatabase
     from playhouse.postgres_ext import PooledPsycopg3Database
 
@@ -269,7 +270,7 @@ def make_database(url):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=10)
+        return SqliteDatabase(path, pragmas=sqlite_pragmas or SQLITE_PRAGMAS, timeout=10)
     if url.startswith(("postgres://", "postgresql://")):
         params = parse_db_url(url)
         params.pop("sslmode", None)
