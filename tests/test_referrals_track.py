@@ -285,7 +285,7 @@ def _page_queries(browser, url):
 
 
 @pytest.mark.parametrize("endpoint", ["/agency/referrals/", "/agency/sent/"])
-def test_list_pages_stay_within_their_query_budget(browser, network, endpoint):
+def test_list_pages_stay_within_their_query_budget(app, browser, network, endpoint):
     """Issue 6: a list page runs the gate's 3 queries, the bell's and at most 3 of its own
     (capped count + page; + staff choices with "Show Filters" open), whatever the page
     number or the number of rows, and never one per row."""
@@ -295,8 +295,14 @@ def test_list_pages_stay_within_their_query_budget(browser, network, endpoint):
     base = GATE_QUERIES + BELL_QUERIES
     assert _page_queries(browser, endpoint) == base + 2
     assert _page_queries(browser, endpoint + "?page=1") == base + 2
-    with_filters = _page_queries(browser, endpoint + "?filters=1")
-    assert with_filters <= base + 3
+    # The agency and receiving-program choices are cached per process for a few minutes
+    # (off under TESTING unless asked for, as here): the panel adds the staff query only.
+    from admin_views import lists
+    lists._option_cache.clear()
+    app.config["LIST_OPTION_CACHE_SECONDS"] = 60
+    _page_queries(browser, endpoint + "?filters=1")
+    assert _page_queries(browser, endpoint + "?filters=1") == base + 3
+    lists._option_cache.clear()
 
 
 def test_list_page_ids_come_from_the_index_before_the_joins(app, network):
