@@ -19,6 +19,7 @@ import time
 from flask import abort, current_app, flash, g, request
 from flask_admin.contrib.peewee.filters import BasePeeweeFilter
 from flask_admin.form import BaseForm
+from markupsafe import Markup, escape
 from wtforms import HiddenField
 
 from admin_views.base import SecureModelView, current_actor
@@ -114,6 +115,10 @@ class LeanListView(SecureModelView):
     max_page = 2000
     default_sort = ()  # ((field, desc), ...) on indexed columns; the id breaks ties
 
+    def __init__(self, *args, **kwargs):
+        self._options_html = {}
+        super().__init__(*args, **kwargs)
+
     # -- the query -------------------------------------------------------------------
     def list_query(self):
         """The rows of the list, unjoined (search and filters apply to it): visible_query()."""
@@ -178,6 +183,21 @@ class LeanListView(SecureModelView):
         if count > self.count_cap:
             return f"{self.count_cap:,}+"
         return f"{count:,}"
+
+    def options_html(self, flt, options, selected):
+        """The <option>s of a filter's drop-down, the current value selected. The choices
+        may run to hundreds (agencies): rendered once per (cached) choices list."""
+        hit = self._options_html.get(flt)
+        if hit is None or hit[0] is not options:
+            html = "".join(f'<option value="{escape(v)}">{escape(label)}</option>'
+                           for v, label in options)
+            hit = (options, html)
+            self._options_html[flt] = hit
+        html = hit[1]
+        if selected not in (None, ""):
+            mark = f'<option value="{escape(selected)}">'
+            html = html.replace(mark, mark[:-1] + " selected>", 1)
+        return Markup(html)
 
     # -- Flask-Admin hooks ---------------------------------------------------------------
     def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,
