@@ -844,9 +844,11 @@ class Referral(TimestampedModel):
         return json.loads(self.personal_info or "{}")
 
     @classmethod
-    def visible_to(cls, user, program):
+    def visible_to(cls, user, program, side=None):
         """Referrals the acting program sent or received; providers see only their own
-        received ones (R-TRACK-2). The single row filter for lists, details, exports."""
+        received ones (R-TRACK-2). The single row filter for lists, details, exports.
+        side="received" or "sent": only that half (the incoming queue, the Sent list) —
+        one plain predicate the planner estimates well (no OR across two indexes)."""
         if program is None:
             return cls.select().where(cls.id.is_null())
         roles = user.roles_in(program)
@@ -858,6 +860,10 @@ class Referral(TimestampedModel):
         sent = cls.from_program == program
         if ROLE_GATEKEEPER not in roles:
             sent = sent & (cls.created_by == user)
+        if side == "received":
+            return cls.select().where(received)
+        if side == "sent":
+            return cls.select().where(sent)
         return cls.select().where(received | sent)
 
     @classmethod

@@ -145,8 +145,12 @@ class LeanListView(SecureModelView):
         page = max(0, min(int(page or 0), self.max_page))
         if page_size:
             ids = ids.limit(page_size).offset(page * page_size)
-        return (self.join_page(self.model.select().where(self.model.id.in_(ids)))
-                .order_by(*order))
+        # A derived table, not `id IN (...)`: PostgreSQL plans IN as a semi-join and may
+        # scan the joined tables whole; a LIMITed derived table runs first, 25 rows.
+        page_ids = ids.alias("page_ids")
+        query = (self.model.select().join(page_ids, on=(self.model.id == page_ids.c.id))
+                 .switch(self.model))
+        return self.join_page(query).order_by(*order)
 
     def filtered_query(self, search=None, filters=()):
         query = self.list_query()

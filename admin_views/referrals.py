@@ -84,16 +84,15 @@ def referral_list_query(base):
 
 
 def incoming_query(user, program):
-    """Referrals received by the program (providers: their own) — the queue's rows."""
-    return Referral.visible_to(user, program).where(
-        (Referral.to_program == program)
-        & Referral.state.not_in((REFERRAL_PENDING, REFERRAL_DISCARDED)))
+    """Referrals received by the program (providers: those assigned to them), drafts
+    excluded — the queue's rows: the received half of the row filter."""
+    return Referral.visible_to(user, program, side="received")
 
 
 def sent_query(user, program):
     """Referrals sent by the program (providers: their own), drafts included."""
-    return Referral.visible_to(user, program).where(
-        (Referral.from_program == program) & (Referral.state != REFERRAL_DISCARDED))
+    return Referral.visible_to(user, program, side="sent").where(
+        Referral.state != REFERRAL_DISCARDED)
 
 
 def incoming_page_query(user, program, page=0, page_size=25):
