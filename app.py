@@ -74,21 +74,42 @@ def create_app(config=None):
         hops = int(os.environ["TRUSTED_PROXIES"])
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    app.config["WORKER"] = bool(app.config.get("WORKER")) or _invoked_as_worker()
     init_database(app)
     csrf.init_app(app)
     init_login(app)
     init_security_headers(app)
 
-    from admin_views import init_admin
-    init_admin(app)
+    if not app.config["WORKER"]:  # the worker serves no page: no admin interface to build
+        from admin_views import init_admin
+        init_admin(app)
 
     import cli
     cli.init_cli(app)
     return app
 
 
+def _invoked_as_worker():
+    """`flask --app app run-worker` (CONTRACT.md) builds the app through this factory with
+    no arguments: the command line says it is the worker (issue 6: worker memory)."""
+    import sys
+    return pathlib.Path(sys.argv[0]).name == "flask" and "run-worker" in sys.argv[1:]
+
+
+# The worker's SQLite page cache (KiB) and temporary store: its jobs read a few index
+# pages, and a sort of its scans (the delay check) goes to a temporary file, not to memory.
+WORKER_SQLITE_CACHE_KIB = 2000
+
+
 def init_database(app):
-    database.initialize(models.make_database(app.config["DATABASE_URL"]))
+    pragmas = None
+    if app.config.get("WORKER"):
+        pragmas = dict(models.SQLITE_PRAGMAS, cache_size=-WORKER_SQLITE_CACHE_KIB, temp_store="file")
+    database.initialize(models.make_database(app.config["DATABASE_URL"], sqlite_pragmas=pragmas))
+    # SQLite: each thread keeps its connection from one request to the next (opening the
+    # file, its pragmas and parsing the schema cost 2-3 ms a request); it closes when the
+    # thread ends. A request that leaves a transaction open still closes it (rollback).
+    keep = app.config.get("SQLITE_KEEP_CONNECTION", True) and models.is_sqlite()
 
     @app.before_request
     def _connect():
@@ -96,8 +117,11 @@ def init_database(app):
 
     @app.teardown_request
     def _close(exc):
-        if not database.is_closed():
-            database.close()
+        if database.is_closed():
+            return
+        if keep and not database.in_transaction():
+            return
+        database.close()
 
 
 def init_login(app):

@@ -263,8 +263,9 @@ SQLITE_PRAGMAS = {
 }
 
 
-def make_database(url):
-    """A peewee database for a DATABASE_URL: SQLite (WAL, FULL) or pooled psycopg 3."""
+def make_database(url, sqlite_pragmas=None):
+    """A peewee database for a DATABASE_URL: SQLite (WAL, FULL) or pooled psycopg 3.
+    `sqlite_pragmas` replaces SQLITE_PRAGMAS (the worker's smaller page cache)."""
     from peewee import SqliteDatabase
     from playhouse.postgres_ext import PooledPsycopg3Database
 
@@ -272,7 +273,7 @@ def make_database(url):
         path = url[len("sqlite:///"):]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=10)
+        return SqliteDatabase(path, pragmas=sqlite_pragmas or SQLITE_PRAGMAS, timeout=10)
     if url.startswith(("postgres://", "postgresql://")):
         params = parse_db_url(url)
         params.pop("sslmode", None)
@@ -847,9 +848,11 @@ class Referral(TimestampedModel):
         return json.loads(self.personal_info or "{}")
 
     @classmethod
-    def visible_to(cls, user, program):
+    def visible_to(cls, user, program, side=None):
         """Referrals the acting program sent or received; providers see only their own
-        received ones (R-TRACK-2). The single row filter for lists, details, exports."""
+        received ones (R-TRACK-2). The single row filter for lists, details, exports.
+        side="received" or "sent": only that half (the incoming queue, the Sent list) —
+        one plain predicate the planner estimates well (no OR across two indexes)."""
         if program is None:
             return cls.select().where(cls.id.is_null())
         roles = user.roles_in(program)
@@ -861,6 +864,10 @@ class Referral(TimestampedModel):
         sent = cls.from_program == program
         if ROLE_GATEKEEPER not in roles:
             sent = sent & (cls.created_by == user)
+        if side == "received":
+            return cls.select().where(received)
+        if side == "sent":
+            return cls.select().where(sent)
         return cls.select().where(received | sent)
 
     @classmethod

@@ -1631,9 +1631,37 @@ def add_progress_entry(actor, referral, entry_date, text):
     return entry
 
 
+def _nth_weekday(year, month, weekday, n):
+    """The n-th `weekday` (0 = Monday) of a month; n = -1 is the last one."""
+    if n > 0:
+        first = dt.date(year, month, 1)
+        return first + dt.timedelta(days=(weekday - first.weekday()) % 7 + 7 * (n - 1))
+    last = dt.date(year + month // 12, month % 12 + 1, 1) - dt.timedelta(days=1)
+    return last - dt.timedelta(days=(last.weekday() - weekday) % 7)
+
+
 def _us_holidays(years):
-    import holidays
-    return holidays.country_holidays("US", years=years)
+    """US federal holidays with their observed days (5 U.S.C. 6103), computed here: the
+    `holidays` package costs the worker about 10 MB of memory (issue 6). tests/test_perf.py
+    checks this against that package."""
+    days = set()
+    for year in years:
+        fixed = [dt.date(year, 1, 1), dt.date(year, 7, 4), dt.date(year, 11, 11),
+                 dt.date(year, 12, 25)]
+        if year >= 2021:
+            fixed.append(dt.date(year, 6, 19))
+        for day in fixed:
+            days.add(day)
+            if day.weekday() == 5 and day.month > 1:  # Saturday: observed on Friday
+                days.add(day - dt.timedelta(days=1))
+            elif day.weekday() == 6:  # Sunday: observed on Monday
+                days.add(day + dt.timedelta(days=1))
+        if dt.date(year + 1, 1, 1).weekday() == 5:  # next New Year's Day, observed
+            days.add(dt.date(year, 12, 31))
+        days.update((_nth_weekday(year, 1, 0, 3), _nth_weekday(year, 2, 0, 3),
+                     _nth_weekday(year, 5, 0, -1), _nth_weekday(year, 9, 0, 1),
+                     _nth_weekday(year, 10, 0, 2), _nth_weekday(year, 11, 3, 4)))
+    return days
 
 
 def add_business_days(day, count):

@@ -8,8 +8,8 @@ from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
 from markupsafe import Markup, escape
 
-from admin_views.auth import AuthView, NotificationView, ProgramView, program_count, unread_count
-from admin_views.base import AccessMixin, acting_program
+from admin_views.auth import AuthView, NotificationView, ProgramView, unread_count
+from admin_views.base import AccessMixin, acting_program, acting_program_count
 
 
 class HomeView(AccessMixin, AdminIndexView):
@@ -62,7 +62,7 @@ def init_admin(app):
         return {
             "connect_unread": lambda: unread_count(current_user) if current_user.is_authenticated else 0,
             "connect_program": acting_program,
-            "connect_program_count": lambda: program_count(current_user) if current_user.is_authenticated else 0,
+            "connect_program_count": acting_program_count,
         }
 
     return admin

@@ -13,7 +13,14 @@ from markupsafe import Markup, escape
 import messaging
 import workflow
 from admin_views.auth import mou_text, safe_next
-from admin_views.base import SecureBaseView, SecureModelView, current_actor, expose, rule_guard
+from admin_views.base import (
+    SecureBaseView,
+    SecureModelView,
+    current_actor,
+    expose,
+    has_role_anywhere,
+    rule_guard,
+)
 from admin_views.directory import MouStateFilter, mou_state
 from forms.accounts import EditUserForm, InviteUserForm, MembershipForm, SignAgencyMouForm
 from models import (
@@ -351,7 +358,7 @@ class AgencyMouScreen(SecureBaseView):
     permission = "sign_agency_mou"
 
     def is_accessible(self):
-        return current_user.is_authenticated and gatekeeper_programs(current_user).exists()
+        return current_user.is_authenticated and has_role_anywhere(ROLE_GATEKEEPER)
 
     @expose("/", methods=("GET", "POST"))
     @rule_guard

@@ -17,7 +17,7 @@ from flask_admin.form import BaseForm
 from flask_login import current_user
 from flask_wtf.csrf import _FlaskFormCSRF
 
-from models import Membership, Program, local_today
+from models import Agency, Membership, Program, local_today
 from workflow import Actor, RuleViolation, audit_denial
 
 PROGRAM_SESSION_KEY = "program_id"
@@ -27,24 +27,53 @@ def client_ip():
     return request.remote_addr or ""
 
 
+def active_memberships():
+    """The signed-in user's memberships in active programs, with each program and its
+    agency: ONE query per request, shared by the acting program, the roles, the program
+    count and the menu checks (cached in flask.g)."""
+    if "connect_memberships" not in g:
+        rows = []
+        if current_user.is_authenticated:
+            rows = list(Membership.select(Membership.role, Membership.program, Program, Agency)
+                        .join(Program).join(Agency)
+                        .where((Membership.user == current_user.id) & Program.active))
+            roles = {}
+            for row in rows:
+                roles.setdefault(row.program_id, set()).add(row.role)
+            cache = current_user.__dict__.setdefault("_roles_cache", {})
+            for program_id, found in roles.items():
+                cache.setdefault(program_id, found)
+        g.connect_memberships = rows
+    return g.connect_memberships
+
+
+def has_role_anywhere(role):
+    """Whether the user holds `role` in some active program (from active_memberships)."""
+    return any(row.role == role for row in active_memberships())
+
+
 def acting_program():
     """The program the signed-in user acts for this request (R-CTX), or None."""
     if "acting_program" in g:
         return g.acting_program
     program = None
     if current_user.is_authenticated:
-        rows = list(Membership.select(Membership.program).distinct()
-                    .join(Program).where((Membership.user == current_user.id) & Program.active))
-        ids = {row.program_id for row in rows}
+        programs = {row.program_id: row.program for row in active_memberships()}
         chosen = session.get(PROGRAM_SESSION_KEY)
-        if chosen in ids:
-            program = Program.get_by_id(chosen)
-        elif len(ids) == 1:  # R-CTX-1: one program, chosen automatically
-            program = Program.get_by_id(next(iter(ids)))
+        if chosen in programs:
+            program = programs[chosen]
+        elif len(programs) == 1:  # R-CTX-1: one program, chosen automatically
+            program = next(iter(programs.values()))
             session[PROGRAM_SESSION_KEY] = program.id
-        g.program_count = len(ids)
+        g.program_count = len(programs)
     g.acting_program = program
     return program
+
+
+def acting_program_count():
+    """How many active programs the user belongs to (the chooser's "Switch program")."""
+    acting_program()
+    return g.get("program_count", 0)
 
 
 def current_actor():
@@ -52,7 +81,10 @@ def current_actor():
 
 
 def needs_user_mou(user):
-    return user.current_user_mou(local_today()) is None
+    """No valid User MOU (R-MOU-1); asked once per request."""
+    if "connect_needs_mou" not in g:
+        g.connect_needs_mou = user.current_user_mou(local_today()) is None
+    return g.connect_needs_mou
 
 
 class AccessMixin:

@@ -3,7 +3,9 @@
 Flask-Admin's stock peewee list does a COUNT over the filtered table on every page and
 one query per foreign key per row. LeanListView keeps Flask-Admin's filters, search,
 sorting, actions and export, but:
-- the page is ONE joined select (`list_query()`), built by the subclass;
+- the page is ONE select: the page's ids chosen on the base table alone (`list_query()`,
+  the index does the ordering and the OFFSET skipping), then the joins of `join_page()` for
+  those rows only (a "deferred join": page 1000 costs about what page 1 does);
 - no unbounded COUNT: the header says "N" for small results, "1,000+" above the cap
   (one capped count: COUNT over at most cap+1 index rows);
 - bounded pagination: a simple previous/next pager, OFFSET limited to `max_page` pages,
@@ -12,10 +14,12 @@ So a page costs at most 2 queries of its own (page, capped count).
 """
 
 import datetime as dt
+import time
 
-from flask import abort, flash, g, request
+from flask import abort, current_app, flash, g, request
 from flask_admin.contrib.peewee.filters import BasePeeweeFilter
 from flask_admin.form import BaseForm
+from markupsafe import Markup, escape
 from wtforms import HiddenField
 
 from admin_views.base import SecureModelView, current_actor
@@ -34,6 +38,29 @@ def _out_of_range(value):
         return abs(int(str(value).strip())) > 2 ** 63 - 1
     except ValueError:
         return False
+
+
+OPTION_CACHE_SECONDS = 120
+_option_cache = {}
+
+
+def cached_options(key, build):
+    """A filter's choices, built at most every LIST_OPTION_CACHE_SECONDS per process and
+    key (e.g. per program): drop-downs over statewide tables are not rebuilt on every page.
+    Off under TESTING (each test has its own rows behind the same ids)."""
+    seconds = current_app.config.get("LIST_OPTION_CACHE_SECONDS",
+                                     0 if current_app.testing else OPTION_CACHE_SECONDS)
+    if not seconds:
+        return build()
+    now = time.monotonic()
+    hit = _option_cache.get(key)
+    if hit is not None and now - hit[0] < seconds:
+        return hit[1]
+    value = build()
+    if len(_option_cache) > 5000:
+        _option_cache.clear()
+    _option_cache[key] = (now, value)
+    return value
 
 
 class OptionFilter(BasePeeweeFilter):
@@ -95,10 +122,18 @@ class LeanListView(SecureModelView):
     max_page = 2000
     default_sort = ()  # ((field, desc), ...) on indexed columns; the id breaks ties
 
+    def __init__(self, *args, **kwargs):
+        self._options_html = {}
+        super().__init__(*args, **kwargs)
+
     # -- the query -------------------------------------------------------------------
     def list_query(self):
-        """The joined select of one page, already limited by visible_query()."""
+        """The rows of the list, unjoined (search and filters apply to it): visible_query()."""
         return self.visible_query()
+
+    def join_page(self, query):
+        """The joined select that shows the page's rows (one query, no N+1)."""
+        return query
 
     def apply_search(self, query, search):
         return query
@@ -109,14 +144,20 @@ class LeanListView(SecureModelView):
 
     def page_query(self, page=0, sort_column=None, sort_desc=False, search=None, filters=(),
                    page_size=None):
-        """The query of one page (no execution): what benchmarks time."""
-        query = self.filtered_query(search, filters)
-        query = self.apply_order(query, sort_column, sort_desc)
+        """The query of one page (no execution): what benchmarks time. The ids of the page
+        come from the filtered base table by its index; the joins run for those ids only."""
+        order = self.sort_order(sort_column, sort_desc)
+        ids = self.filtered_query(search, filters).select(self.model.id).order_by(*order)
         page_size = self.page_size if page_size is None else page_size
         page = max(0, min(int(page or 0), self.max_page))
         if page_size:
-            query = query.limit(page_size).offset(page * page_size)
-        return query
+            ids = ids.limit(page_size).offset(page * page_size)
+        # A derived table, not `id IN (...)`: PostgreSQL plans IN as a semi-join and may
+        # scan the joined tables whole; a LIMITed derived table runs first, 25 rows.
+        page_ids = ids.alias("page_ids")
+        query = (self.model.select().join(page_ids, on=(self.model.id == page_ids.c.id))
+                 .switch(self.model))
+        return self.join_page(query).order_by(*order)
 
     def filtered_query(self, search=None, filters=()):
         query = self.list_query()
@@ -127,7 +168,8 @@ class LeanListView(SecureModelView):
             query = flt.apply(query, flt.clean(value))
         return self.apply_defaults(query, filters or ())
 
-    def apply_order(self, query, sort_column, sort_desc):
+    def sort_order(self, sort_column, sort_desc):
+        """ORDER BY clauses on indexed columns, the id breaking ties the same way."""
         if sort_column is not None and sort_column in self._sortable_columns:
             field = self._sortable_columns[sort_column]
             order = [(field, bool(sort_desc))]
@@ -136,10 +178,14 @@ class LeanListView(SecureModelView):
         clauses = [f.desc() if desc else f.asc() for f, desc in order]
         last_desc = order[-1][1] if order else True
         clauses.append(self.model.id.desc() if last_desc else self.model.id.asc())
-        return query.order_by(*clauses)
+        return clauses
+
+    def apply_order(self, query, sort_column, sort_desc):
+        return query.order_by(*self.sort_order(sort_column, sort_desc))
 
     def capped_count(self, search=None, filters=()):
-        """The number of matching rows up to count_cap, in one bounded query."""
+        """The number of matching rows up to count_cap, in one bounded query on the base
+        table (no joins): COUNT over at most count_cap + 1 index entries."""
         inner = (self.filtered_query(search, filters).select(self.model.id).order_by()
                  .limit(self.count_cap + 1))
         return inner.count()
@@ -148,6 +194,21 @@ class LeanListView(SecureModelView):
         if count > self.count_cap:
             return f"{self.count_cap:,}+"
         return f"{count:,}"
+
+    def options_html(self, flt, options, selected):
+        """The <option>s of a filter's drop-down, the current value selected. The choices
+        may run to hundreds (agencies): rendered once per (cached) choices list."""
+        hit = self._options_html.get(flt)
+        if hit is None or hit[0] is not options:
+            html = "".join(f'<option value="{escape(v)}">{escape(label)}</option>'
+                           for v, label in options)
+            hit = (options, html)
+            self._options_html[flt] = hit
+        html = hit[1]
+        if selected not in (None, ""):
+            mark = f'<option value="{escape(selected)}">'
+            html = html.replace(mark, mark[:-1] + " selected>", 1)
+        return Markup(html)
 
     # -- Flask-Admin hooks ---------------------------------------------------------------
     def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,

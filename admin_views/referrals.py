@@ -11,7 +11,7 @@ from peewee import JOIN
 
 import workflow
 from admin_views.base import SecureBaseView, acting_program, current_actor, expose
-from admin_views.lists import DayFilter, LeanListView, OptionFilter
+from admin_views.lists import DayFilter, LeanListView, OptionFilter, cached_options
 from forms.referrals import (
     AssignForm,
     NoteForm,
@@ -84,16 +84,15 @@ def referral_list_query(base):
 
 
 def incoming_query(user, program):
-    """Referrals received by the program (providers: their own) — the queue's rows."""
-    return Referral.visible_to(user, program).where(
-        (Referral.to_program == program)
-        & Referral.state.not_in((REFERRAL_PENDING, REFERRAL_DISCARDED)))
+    """Referrals received by the program (providers: those assigned to them), drafts
+    excluded — the queue's rows: the received half of the row filter."""
+    return Referral.visible_to(user, program, side="received")
 
 
 def sent_query(user, program):
     """Referrals sent by the program (providers: their own), drafts included."""
-    return Referral.visible_to(user, program).where(
-        (Referral.from_program == program) & (Referral.state != REFERRAL_DISCARDED))
+    return Referral.visible_to(user, program, side="sent").where(
+        Referral.state != REFERRAL_DISCARDED)
 
 
 def incoming_page_query(user, program, page=0, page_size=25):
@@ -224,18 +223,26 @@ def _program_options():
 def _agency_options():
     if not has_request_context():  # Flask-Admin scaffolds filters at start-up
         return []
-    return [(a.id, a.name) for a in Agency.select(Agency.id, Agency.name).order_by(Agency.name)]
+    return cached_options("agencies", lambda: [
+        (a.id, a.name) for a in Agency.select(Agency.id, Agency.name).order_by(Agency.name)])
 
 
 def _sent_to_options():
+    """The programs the acting program has sent to: a scan of all its sent referrals
+    (no index leads with (from_program, to_program)), so cached a few minutes."""
     if not has_request_context():  # Flask-Admin scaffolds filters at start-up
         return []
     program = acting_program()
     if program is None:
         return []
-    ids = Referral.select(Referral.to_program).where(Referral.from_program == program).distinct()
-    return [(p.id, p.label) for p in Program.select(Program, Agency).join(Agency)
-            .where(Program.id.in_(ids)).order_by(Agency.name, Program.name)]
+
+    def build():
+        ids = (Referral.select(Referral.to_program)
+               .where(Referral.from_program == program.id).distinct())
+        return [(p.id, p.label) for p in Program.select(Program, Agency).join(Agency)
+                .where(Program.id.in_(ids)).order_by(Agency.name, Program.name)]
+
+    return cached_options(("sent_to", program.id), build)
 
 
 def _client_link(view, context, model, name):
@@ -307,10 +314,11 @@ class ReferralListView(LeanListView):
     def search_placeholder(self):
         return "Client name"
 
-    def list_query(self):
-        return referral_list_query(self.visible_query())
+    def join_page(self, query):
+        return referral_list_query(query)
 
     def apply_search(self, query, search):
+        query = query.join(Subject, on=(Referral.subject == Subject.id))
         for term in search.split()[:4]:
             norm = normalize_name(term)
             if norm:

@@ -83,7 +83,8 @@ def test_r_track_2_providers_see_only_their_own(browser, network):
     browser.login(network.pr_a1)
     page = browser.get(_sent_url()).get_data(as_text=True)
     assert "Byprovider" in page and "Bygatekeeper" not in page
-    assert ">Staff member</label>" not in page
+    page = browser.get(_sent_url("?filters=1")).get_data(as_text=True)
+    assert ">Status</label>" in page and ">Staff member</label>" not in page
     gatekeeper = workflow.Actor(network.gk_a1, network.a1)
     assert models.Referral.visible_to(gatekeeper.user, network.a1).count() == 2
 
@@ -266,3 +267,73 @@ def test_r_track_2_staff_filter_for_gatekeepers(app, browser, network):
     staff_arg = f"flt0_{view.filter_index(type(view._filters[4]), 'Staff member')}"
     page = browser.get(f"/agency/sent/?{staff_arg}={other.id}").get_data(as_text=True)
     assert ">Staff member</label>" in page and "Bysam" in page and "Bygail" not in page
+
+
+# ---------------------------------------------------------------------------
+# Issue 6 budgets: queries per list page (gate 3 + the bell + the list's own)
+# ---------------------------------------------------------------------------
+
+GATE_QUERIES = 3  # server-side session with the user, User MOU, memberships with programs
+BELL_QUERIES = 1  # the layout's unread count
+
+
+def _page_queries(browser, url):
+    with count_queries() as counter:
+        response = browser.get(url)
+        assert response.status_code == 200
+    return counter.count
+
+
+@pytest.mark.parametrize("endpoint", ["/agency/referrals/", "/agency/sent/"])
+def test_list_pages_stay_within_their_query_budget(app, browser, network, endpoint):
+    """Issue 6: a list page runs the gate's 3 queries, the bell's and at most 3 of its own
+    (capped count + page; + staff choices with "Show Filters" open), whatever the page
+    number or the number of rows, and never one per row."""
+    for _ in range(30):
+        sent(network, client(network)[0])
+    browser.login(network.gk_b1 if endpoint == "/agency/referrals/" else network.gk_a1)
+    base = GATE_QUERIES + BELL_QUERIES
+    assert _page_queries(browser, endpoint) == base + 2
+    assert _page_queries(browser, endpoint + "?page=1") == base + 2
+    # The agency and receiving-program choices are cached per process for a few minutes
+    # (off under TESTING unless asked for, as here): the panel adds the staff query only.
+    from admin_views import lists
+    lists._option_cache.clear()
+    app.config["LIST_OPTION_CACHE_SECONDS"] = 60
+    _page_queries(browser, endpoint + "?filters=1")
+    assert _page_queries(browser, endpoint + "?filters=1") == base + 3
+    lists._option_cache.clear()
+
+
+def test_list_page_ids_come_from_the_index_before_the_joins(app, network):
+    """Issue 6: the page's ids are chosen on the referral table alone (the index skips the
+    OFFSET), and the joins run for those 25 only; the capped count joins nothing."""
+    view = next(v for v in app.extensions["admin"][0]._views if getattr(v, "endpoint", "") == "incoming")
+    with app.test_request_context("/agency/referrals/"):
+        from flask import g
+        from flask_login import login_user
+        g.acting_program = network.b1
+        login_user(network.gk_b1)
+        sql, _params = view.page_query(999, None, False, None, []).sql()
+        start = sql.index("JOIN (SELECT")
+        end = sql.index('AS "page_ids"')
+        inner = sql[start + len("JOIN ("):end]
+        assert "JOIN" not in inner and "OFFSET" in inner and "LIMIT" in inner
+        assert sql.count("JOIN") >= 8  # subject, 2 programs, 2 agencies, 2 users, the ids
+        count_sql, _ = (view.filtered_query(None, []).select(models.Referral.id).order_by()
+                        .limit(view.count_cap + 1)).sql()
+        assert "JOIN" not in count_sql and "LIMIT" in count_sql
+
+
+def test_show_filters_builds_the_choices_only_when_asked(browser, network):
+    """Issue 6: the filter drop-downs (staff, agencies, receiving programs) are built only
+    when "Show Filters" is open; the button reloads the list with the panel open."""
+    subject, _ = client(network, last_name="Filtered")
+    sent(network, subject)
+    browser.login(network.gk_a1)
+    closed = browser.get("/agency/sent/").get_data(as_text=True)
+    assert 'name="filters" value="1"' in closed and "Show Filters" in closed
+    assert ">Receiving program</label>" not in closed
+    opened = browser.get("/agency/sent/?filters=1").get_data(as_text=True)
+    assert ">Receiving program</label>" in opened and ">Staff member</label>" in opened
+    assert network.b1.name in opened  # the program referred to is a choice
