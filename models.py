@@ -20,7 +20,6 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
-    SmallIntegerField,
     TextField,
     fn,
 )

@@ -49,7 +49,6 @@ from models import (
     Service,
     Subject,
     User,
-    database,
     is_sqlite,
     local_today,
     local_zone,

@@ -35,7 +35,6 @@ from models import (
     STATUSES,
     Agency,
     County,
-    IntakeQuestion,
     Program,
     ProgramService,
     Referral,

@@ -21,7 +21,6 @@ import os
 import pathlib
 import platform
 import re
-import resource
 import signal
 import socket
 import sqlite3
@@ -42,7 +41,7 @@ for _name in ("MAIL_SERVER", "SMS_BACKEND", "DATABASE_URL"):
 
 import models  # noqa: E402
 from bench import generate  # noqa: E402
-from bench.screens import SCREENS, Floor  # noqa: E402
+from bench.screens import SCREENS  # noqa: E402
 from models import database  # noqa: E402
 
 PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")

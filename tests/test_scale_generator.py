@@ -3,7 +3,6 @@ of the network it makes (counts, states and statuses, consistent timestamps, hub
 
 import collections
 
-import pytest
 
 import models
 from bench.generate import BENCH_PASSWORD, bench_email, generate_scale
