@@ -169,11 +169,17 @@ def init_security_headers(app):
     @app.before_request
     def _no_nul_bytes():
         """A NUL byte in a query or form value is never meaningful and PostgreSQL refuses
-        it in text (a 500; found by the security battery, item 9): 400 instead."""
-        if any("\x00" in value for values in (request.args, request.form)
-               for value in values.values()):
-            from flask import abort
-            abort(400)
+        it in text (a 500 in list searches; found by the security battery, item 9): it is
+        dropped from search and filter values (ids keep it and answer 404 as malformed)."""
+        from werkzeug.datastructures import ImmutableMultiDict
+
+        def searchable(key):
+            return key in ("search", "q", "dob", "first_name", "last_name") or key.startswith("flt")
+
+        values = request.args
+        if any("\x00" in v for k, v in values.items(multi=True) if searchable(k)):
+            request.args = ImmutableMultiDict(
+                [(k, v.replace("\x00", "") if searchable(k) else v) for k, v in values.items(multi=True)])
 
     @app.after_request
     def _headers(response):

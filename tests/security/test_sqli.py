@@ -18,8 +18,9 @@ PAYLOADS = ["' OR '1'='1", "' OR 1=1 --", "\" OR \"\"=\"", "1; DROP TABLE subjec
 # Every parameter gets these; the search gets all of PAYLOADS (keeps the battery short).
 SAMPLE = ["' OR '1'='1", "99999999999999999999999"]
 # Search payloads no row contains: any row they bring back came from an injection. ("%" and
-# "_" are LIKE wildcards, "-1" is in service codes: they may match the user's own rows.)
-MATCH_NOTHING = [p for p in PAYLOADS if p not in ("%", "_", "-1", "\\", "'")]
+# "_" are LIKE wildcards, "-1" is in service codes, a NUL is dropped: they may match the
+# user's own rows.)
+MATCH_NOTHING = [p for p in PAYLOADS if p not in ("%", "_", "-1", "\\", "'", "\x00")]
 ROW_ID = re.compile(r'(?:[?&]id=|name="rowid" value=")(\d+)')
 
 
