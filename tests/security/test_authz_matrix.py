@@ -65,9 +65,13 @@ TABLE = [
 
 # Reports, directory and FHIR land in parallel: their routes are listed here when they do.
 OPTIONAL = [
+    (r"^reports\.referrals$", GATEKEEPERS | ADMINS, True, False),
     (r"^(reports|report)\.", EVERYONE, True, False),
-    (r"^(directory)\.", "public", False, False),
-    (r"^(fhir)\.", "public", False, False),
+    (r"^(directory|public)\.", "public", False, False),
+    (r"^care_team\.", EVERYONE, True, "admin-all"),
+    # FHIR authenticates each call with a bearer token, not a session: its own matrix
+    # (clients of program A and B, scopes, expired and forged assertions) is tests/test_fhir.py.
+    (r"^fhir\.", "bearer", False, False),
 ]
 
 
@@ -127,7 +131,7 @@ def _id_of(model):
 def requests_for(app, w, rule, owner):
     """(method, url, form data) for one rule and one record owner."""
     values = {"export_type": "csv", "token": "not-a-token", "hsds_id": "none",
-              "filename": "connect.css"}
+              "filename": "connect.css", "kind_key": "outcomes", "program_id": 1}
     if owner is not None:
         values.update(roi_id=w.rois[owner].id, referral_id=w.referrals[owner].id,
                       subject_id=w.subjects[owner].id)
@@ -168,6 +172,7 @@ def test_authorization_matrix(app, network, half):
     w = build_world(network)
     browsers = signed_in_browsers(app, w)
     rules = [r for r in app.url_map.iter_rules() if table_row(r.endpoint)
+             and table_row(r.endpoint)[0] != "bearer"
              and (r.rule.startswith("/admin/") == (half == "admin"))
              and r.endpoint != "auth.sign_out"]
     plan = []
