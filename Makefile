@@ -7,7 +7,7 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 DEBIAN_PACKAGES := wkhtmltopdf chromium poppler-utils fonts-dejavu-core xvfb
 
-.PHONY: run test deps system-deps bench soak lint clean
+.PHONY: run test deps system-deps bench clean
 
 $(VENV)/.installed: requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -51,9 +51,6 @@ bench: deps
 	  if [ "$$(id -u)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	  else echo "The load run needs wrk: sudo apt-get install wrk"; fi; }
 	$(PY) -m bench.run
-
-soak: deps
-	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache
