@@ -869,6 +869,15 @@ class Referral(TimestampedModel):
             return cls.select().where(sent)
         return cls.select().where(received | sent)
 
+    def current_consent(self, day=None):
+        """R-ROI-9: the ROI that still lets the receiving program see this referral, or None
+        (its own ROI while valid and naming the program, else another valid one)."""
+        roi = Roi.get_or_none(Roi.id == self.roi_id)
+        if roi is not None and roi.is_valid_on(day) and RoiProgram.select().where(
+                (RoiProgram.roi == roi) & (RoiProgram.program == self.to_program_id)).exists():
+            return roi
+        return Roi.valid_for(self.subject_id, self.to_program_id, day).first()
+
     @classmethod
     def incoming_for(cls, program):
         return cls.select().where((cls.to_program == program) & (cls.state != REFERRAL_PENDING)

@@ -156,15 +156,6 @@ def sent_url_for(subject):
                                         f"flt1_{view.status_filter_arg}": "any"})
 
 
-def current_consent(referral, day=None):
-    """R-ROI-9: the ROI that still lets the receiving program see the referral, or None."""
-    roi = Roi.get_or_none(Roi.id == referral.roi_id)
-    if roi is not None and roi.is_valid_on(day) and RoiProgram.select().where(
-            (RoiProgram.roi == roi) & (RoiProgram.program == referral.to_program_id)).exists():
-        return roi
-    return Roi.valid_for(referral.subject_id, referral.to_program_id, day).first()
-
-
 def referral_content(referral, roi):
     """Personal Info and intake answers the ROI allows; substance-use answers flagged."""
     personal = referral.personal_dict()
@@ -568,7 +559,7 @@ class ReferralPages(SecureBaseView):
         referral = self._referral(referral_id)
         receiving = referral.to_program_id == actor.program.id and referral.state not in (
             REFERRAL_PENDING, REFERRAL_DISCARDED)
-        roi = current_consent(referral) if receiving else Roi.get_by_id(referral.roi_id)
+        roi = referral.current_consent() if receiving else Roi.get_by_id(referral.roi_id)
         consent_ended = receiving and roi is None
         with transaction():  # R-ROI-9: every opening is checked and audited
             record_audit(actor, "view_referral", referral, subject=referral.subject_id,

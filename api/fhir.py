@@ -40,7 +40,6 @@ from models import (
     Referral,
     ReferralNote,
     Roi,
-    RoiProgram,
     Service,
     Subject,
     SubjectLink,
@@ -157,15 +156,6 @@ def disclosed_types(subject_id, program):
     for roi in Roi.valid_for(subject_id, program):
         types |= roi.info_type_set
     return types
-
-
-def current_consent(referral, day=None):
-    """The ROI that still lets the receiving program see the referral (R-ROI-9), or None."""
-    roi = Roi.get_or_none(Roi.id == referral.roi_id)
-    if roi is not None and roi.is_valid_on(day) and RoiProgram.select().where(
-            (RoiProgram.roi == roi) & (RoiProgram.program == referral.to_program_id)).exists():
-        return roi
-    return Roi.valid_for(referral.subject_id, referral.to_program_id, day).first()
 
 
 # ---------------------------------------------------------------------------
@@ -308,7 +298,7 @@ def _services_of(program_id):
 def service_request_resource(referral, receiving):
     """The referral; its content (Personal Info, intake answers) only as far as the ROI
     covers, and for the receiving program only while consent is valid (R-ROI-4, R-ROI-9)."""
-    roi = current_consent(referral) if receiving else Roi.get_or_none(Roi.id == referral.roi_id)
+    roi = referral.current_consent() if receiving else Roi.get_or_none(Roi.id == referral.roi_id)
     services = _services_of(referral.to_program_id)
     labels = _labels({referral.from_program_id, referral.to_program_id})
     notes, security = [], []
