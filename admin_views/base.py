@@ -80,6 +80,15 @@ def current_actor():
     return Actor(current_user._get_current_object(), acting_program(), client_ip())
 
 
+def visible_or_404(query, model, key, action):
+    """The row of `query` with this id, else 404 with the attempt audited (R-SAFE-2)."""
+    row = query.where(model.id == key).first()
+    if row is None:
+        audit_denial(current_actor(), action, detail=f"{model.__name__.lower()} {key}")
+        abort(404)
+    return row
+
+
 def needs_user_mou(user):
     """No valid User MOU (R-MOU-1); asked once per request."""
     if "connect_needs_mou" not in g:

@@ -9,7 +9,7 @@ from flask_login import current_user
 
 import uploads
 import workflow
-from admin_views.base import SecureBaseView, current_actor, expose, rule_guard
+from admin_views.base import SecureBaseView, current_actor, expose, rule_guard, visible_or_404
 from admin_views.subjects import visible_subject
 from forms.consent import CodeForm, CompleteRoiForm, RevokeForm, UploadForm
 from messaging import valid_twilio_signature
@@ -70,11 +70,7 @@ def search_programs(counties=(), services=(), insurance=(), agencies=(), exclude
 def own_roi(roi_id):
     """An ROI the acting program may see (R-ROI-3); else 404 with the attempt audited."""
     actor = current_actor()
-    roi = Roi.visible_to(actor.user, actor.program).where(Roi.id == roi_id).first()
-    if roi is None:
-        workflow.audit_denial(actor, "view_roi", detail=f"roi {roi_id}")
-        abort(404)
-    return roi
+    return visible_or_404(Roi.visible_to(actor.user, actor.program), Roi, roi_id, "view_roi")
 
 
 def roi_programs(roi):

@@ -7,7 +7,13 @@ from flask_login import current_user
 
 import matching
 import workflow
-from admin_views.base import SecureBaseView, current_actor, expose, same_site_referrer
+from admin_views.base import (
+    SecureBaseView,
+    current_actor,
+    expose,
+    same_site_referrer,
+    visible_or_404,
+)
 from forms.consent import RevokeForm
 from forms.subjects import PAGE_1, PAGE_2, LinkSubjectForm, SearchForm, SubjectForm
 from models import (
@@ -26,11 +32,8 @@ from models import (
 def visible_subject(subject_id):
     """The subject if the acting program may see it (R-SUBJ-6); else 404, attempt audited."""
     actor = current_actor()
-    subject = Subject.visible_to(actor.user, actor.program).where(Subject.id == subject_id).first()
-    if subject is None:
-        workflow.audit_denial(actor, "view_subject", detail=f"subject {subject_id}")
-        abort(404)
-    return subject
+    return visible_or_404(Subject.visible_to(actor.user, actor.program), Subject, subject_id,
+                          "view_subject")
 
 
 def rois_of(subject):
