@@ -9,9 +9,11 @@ from dotenv import load_dotenv
 from flask import Flask, g, request, session
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
+from peewee import JOIN, SQL, fn
 
 import models
-from models import User, UserSession, database, utcnow
+from models import (Agency, Membership, Notification, Program, User, UserMou, UserSession,
+                    database, utcnow)
 from security import load_secret_key
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -136,20 +138,52 @@ def init_login(app):
 
 
 def load_user_for_session(session_id):
-    """The user of a live server-side session, or None (revoked, idle, too old)."""
+    """The user of a live server-side session, or None (revoked, idle, too old).
+
+    ONE query for the whole sign-in gate (issue 6): the session and its user, whether the
+    user holds a valid User MOU today (R-MOU-1), the number of unread notifications (the
+    bell) and the user's memberships in active programs with each program and agency
+    (R-CTX); all but the user are kept in flask.g for the request
+    (admin_views.base.active_memberships, needs_user_mou, the layout's bell)."""
     now = utcnow()
-    row = (UserSession.select(UserSession, User).join(User)
-           .where((UserSession.id == session_id) & UserSession.revoked_at.is_null()
-                  & User.is_active).first())
-    if row is None or now - row.created_at > ABSOLUTE_TIMEOUT:
+    has_mou = fn.EXISTS(UserMou.select(SQL("1")).where(
+        (UserMou.user == User.id) & (UserMou.expires_on >= models.local_today())))
+    unread = Notification.select(fn.COUNT(SQL("*"))).where(
+        (Notification.user == User.id) & Notification.read_at.is_null())
+    rows = list(UserSession.select(UserSession, User, Membership, Program, Agency,
+                                   has_mou.alias("has_mou"), unread.alias("unread"))
+                .join(User)
+                .join(Membership, JOIN.LEFT_OUTER, on=(Membership.user == User.id),
+                      attr="gate_membership")
+                .join(Program, JOIN.LEFT_OUTER,
+                      on=((Program.id == Membership.program) & Program.active),
+                      attr="gate_program")
+                .join(Agency, JOIN.LEFT_OUTER, on=(Agency.id == Program.agency), attr="agency")
+                .where((UserSession.id == session_id) & UserSession.revoked_at.is_null()
+                       & User.is_active))
+    if not rows or now - rows[0].created_at > ABSOLUTE_TIMEOUT:
         return None
     last_seen = session.get("last_seen")
     if last_seen is not None and now.timestamp() - last_seen > IDLE_TIMEOUT.total_seconds():
         return None
     session["last_seen"] = now.timestamp()
+    row = rows[0]
     user = row.user
     user._session_id = row.id
     user._session = row
+    memberships, roles = [], {}
+    for each in rows:
+        membership = getattr(each.user, "gate_membership", None)
+        program = getattr(membership, "gate_program", None)
+        if program is None:
+            continue  # no membership, or one in an inactive program
+        membership.program = program
+        memberships.append(membership)
+        roles.setdefault(membership.program_id, set()).add(membership.role)
+    user.__dict__["_roles_cache"] = roles
+    g.connect_memberships = memberships
+    g.connect_needs_mou = not row.has_mou
+    g.connect_unread = row.unread
     return user
 
 

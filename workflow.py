@@ -58,12 +58,12 @@ def _clean_log_value(value):
     return "".join(ch if ch >= " " or ch == "\t" else f"\\x{ord(ch):02x}" for ch in text)[:2000]
 
 
-def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
-                 user=None, email=""):
-    """Append one audit row (R-SAFE-1). Called inside the change's transaction."""
+def _audit_row(actor, action, obj=None, subject=None, outcome="ok", detail="", user=None,
+               email=""):
     user = user if user is not None else (actor.user if actor else None)
     subject_id = subject if isinstance(subject, int) or subject is None else subject.id
-    AuditEvent.create(
+    return dict(
+        at=utcnow(),
         user=user.id if user is not None else None,
         user_email=_clean_log_value(email or (user.email if user is not None else "")),
         program=actor.program_id if actor else None,
@@ -75,6 +75,23 @@ def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
         outcome=outcome,
         detail=_clean_log_value(detail),
     )
+
+
+def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
+                 user=None, email=""):
+    """Append one audit row (R-SAFE-1). Called inside the change's transaction."""
+    AuditEvent.insert(_audit_row(actor, action, obj, subject, outcome, detail, user,
+                                 email)).execute()
+
+
+def record_list_audit(actor, action, subject_ids, detail=""):
+    """A list, search or report showed these subjects: one audit row per subject
+    (R-SAFE-1), written by one multi-row INSERT in its own short transaction."""
+    rows = [_audit_row(actor, action, subject=subject_id, detail=detail)
+            for subject_id in dict.fromkeys(subject_ids)]
+    if rows:
+        with transaction():
+            AuditEvent.insert_many(rows).execute()
 
 
 def audit_denial(actor, action, detail="", subject=None):

@@ -2,7 +2,7 @@
 
 import re
 
-from flask import url_for
+from flask import g, url_for
 from flask_admin import Admin, AdminIndexView, expose
 from flask_admin.theme import Bootstrap4Theme
 from flask_login import current_user
@@ -57,10 +57,16 @@ def init_admin(app):
 
     app.jinja_env.filters["connect_markdown"] = markdown_lite
 
+    def connect_unread():
+        """The bell: counted by the sign-in gate's query (app.load_user_for_session)."""
+        if not current_user.is_authenticated:
+            return 0
+        return g.connect_unread if "connect_unread" in g else unread_count(current_user)
+
     @app.context_processor
     def connect_context():
         return {
-            "connect_unread": lambda: unread_count(current_user) if current_user.is_authenticated else 0,
+            "connect_unread": connect_unread,
             "connect_program": acting_program,
             "connect_program_count": acting_program_count,
         }

@@ -2,29 +2,34 @@
 
 Flask-Admin's stock peewee list does a COUNT over the filtered table on every page and
 one query per foreign key per row. LeanListView keeps Flask-Admin's filters, search,
-sorting, actions and export, but:
-- the page is ONE select: the page's ids chosen on the base table alone (`list_query()`,
-  the index does the ordering and the OFFSET skipping), then the joins of `join_page()` for
-  those rows only (a "deferred join": page 1000 costs about what page 1 does);
-- no unbounded COUNT: the header says "N" for small results, "1,000+" above the cap
-  (one capped count: COUNT over at most cap+1 index rows);
-- bounded pagination: a simple previous/next pager, OFFSET limited to `max_page` pages,
-  ordered on indexed columns with the id as tie-breaker.
-So a page costs at most 2 queries of its own (page, capped count).
+sorting, actions and export, but a page is ONE select (issue 6):
+- the page's ids are chosen on the base table alone (`list_query()`: the index does the
+  ordering), then the joins of `join_page()` run for those rows only (a "deferred join");
+- keyset pagination: "Next" and "Previous" carry the boundary row's (sort value, id), so
+  page 1000 reads the same 26 index entries as page 1 (no OFFSET); a page number typed
+  in the address still works, bounded by `max_page`;
+- no unbounded COUNT: the header says "N" for small results, "1,000+" above the cap —
+  a capped count (COUNT over at most cap+1 index entries) computed by the same select as
+  a scalar subquery;
+- the subjects shown are audited with one multi-row INSERT (R-SAFE-1: every read of
+  client data), so with the sign-in gate's single query a page costs 3 statements.
 """
 
 import datetime as dt
 import time
 
+from urllib.parse import urlencode
+
 from flask import abort, current_app, flash, g, request
 from flask_admin.contrib.peewee.filters import BasePeeweeFilter
 from flask_admin.form import BaseForm
 from markupsafe import Markup, escape
+from peewee import SQL, DateTimeField, Tuple, fn
 from wtforms import HiddenField
 
 from admin_views.base import SecureModelView, current_actor
 from models import local_zone
-from workflow import audit_denial
+from workflow import audit_denial, record_list_audit
 
 
 def local_day_start_utc(day):
@@ -121,6 +126,7 @@ class LeanListView(SecureModelView):
     count_cap = 1000
     max_page = 2000
     default_sort = ()  # ((field, desc), ...) on indexed columns; the id breaks ties
+    keyset_fields = ()  # names of sortable fields never NULL in this list (cursor pages)
 
     def __init__(self, *args, **kwargs):
         self._options_html = {}
@@ -143,21 +149,42 @@ class LeanListView(SecureModelView):
         return query
 
     def page_query(self, page=0, sort_column=None, sort_desc=False, search=None, filters=(),
-                   page_size=None):
+                   page_size=None, cursor=None):
         """The query of one page (no execution): what benchmarks time. The ids of the page
-        come from the filtered base table by its index; the joins run for those ids only."""
+        come from the filtered base table by its index — after or before the `cursor`
+        (direction, sort value, id) when given, else by OFFSET — and the joins run for those
+        ids only. One row more than the page is asked for: it tells whether there is a next
+        (or, walking back, a previous) page. Every row carries the capped count as
+        `list_total`."""
         order = self.sort_order(sort_column, sort_desc)
-        ids = self.filtered_query(search, filters).select(self.model.id).order_by(*order)
         page_size = self.page_size if page_size is None else page_size
-        page = max(0, min(int(page or 0), self.max_page))
+        ids = self.filtered_query(search, filters).select(self.model.id)
+        if cursor is not None:
+            direction, value, key = cursor
+            field, desc = self.sort_fields(sort_column, sort_desc)[0]
+            forward = direction == "after"
+            key_side = (Tuple(field, self.model.id), Tuple(value, key))
+            if field is self.model.id:
+                key_side = (self.model.id, key)
+            older = desc == forward  # descending lists go on to smaller values
+            ids = ids.where(key_side[0] < key_side[1] if older else key_side[0] > key_side[1])
+            if not forward:
+                order = [c.node.desc() if c.direction == "ASC" else c.node.asc() for c in order]
+        elif page_size:
+            page = max(0, min(int(page or 0), self.max_page))
+            ids = ids.offset(page * page_size)
+        ids = ids.order_by(*order)
         if page_size:
-            ids = ids.limit(page_size).offset(page * page_size)
+            ids = ids.limit(page_size + 1)
         # A derived table, not `id IN (...)`: PostgreSQL plans IN as a semi-join and may
-        # scan the joined tables whole; a LIMITed derived table runs first, 25 rows.
+        # scan the joined tables whole; a LIMITed derived table runs first, 26 rows.
         page_ids = ids.alias("page_ids")
         query = (self.model.select().join(page_ids, on=(self.model.id == page_ids.c.id))
                  .switch(self.model))
-        return self.join_page(query).order_by(*order)
+        capped = (self.filtered_query(search, filters).select(SQL("1")).order_by()
+                  .limit(self.count_cap + 1))
+        total = capped.select_from(fn.COUNT(SQL("*")))
+        return self.join_page(query).select_extend(total.alias("list_total")).order_by(*order)
 
     def filtered_query(self, search=None, filters=()):
         query = self.list_query()
@@ -168,20 +195,101 @@ class LeanListView(SecureModelView):
             query = flt.apply(query, flt.clean(value))
         return self.apply_defaults(query, filters or ())
 
+    def sort_fields(self, sort_column, sort_desc):
+        """[(field, descending)]: the chosen sortable column, else default_sort."""
+        if sort_column is not None and sort_column in self._sortable_columns:
+            return [(self._sortable_columns[sort_column], bool(sort_desc))]
+        return list(self.default_sort) or [(self.model.id, True)]
+
     def sort_order(self, sort_column, sort_desc):
         """ORDER BY clauses on indexed columns, the id breaking ties the same way."""
-        if sort_column is not None and sort_column in self._sortable_columns:
-            field = self._sortable_columns[sort_column]
-            order = [(field, bool(sort_desc))]
-        else:
-            order = list(self.default_sort)
-        clauses = [f.desc() if desc else f.asc() for f, desc in order]
-        last_desc = order[-1][1] if order else True
+        order = self.sort_fields(sort_column, sort_desc)
+        clauses = [f.desc() if desc else f.asc() for f, desc in order
+                   if f is not self.model.id]
+        last_desc = order[-1][1]
         clauses.append(self.model.id.desc() if last_desc else self.model.id.asc())
         return clauses
 
     def apply_order(self, query, sort_column, sort_desc):
         return query.order_by(*self.sort_order(sort_column, sort_desc))
+
+    # -- keyset pagination ---------------------------------------------------------------
+    def keyset_field(self, sort_column, sort_desc):
+        """The leading sort field when pages can go by cursor: a single sort field that is
+        never NULL in this list (`keyset_fields`), or the id; else None (OFFSET pages)."""
+        fields = self.sort_fields(sort_column, sort_desc)
+        field = fields[0][0]
+        if len(fields) == 1 and (field is self.model.id or field.name in self.keyset_fields):
+            return field
+        return None
+
+    def parse_cursor(self, sort_column, sort_desc):
+        """("after"|"before", value, id) from the address, or None. A malformed cursor is
+        said and ignored (the first page is shown)."""
+        for direction in ("after", "before"):
+            raw = request.args.get(direction)
+            if not raw:
+                continue
+            field = self.keyset_field(sort_column, sort_desc)
+            try:
+                value, key = raw.rsplit("_", 1)
+                key = int(key)
+                if field is None or _out_of_range(key):
+                    raise ValueError(raw)
+                if field is self.model.id:
+                    value = key
+                elif isinstance(field, DateTimeField):
+                    value = dt.datetime.fromisoformat(value)
+                return direction, value, key
+            except ValueError:
+                flash("Ignored an invalid page position; showing the first page.", "error")
+                return None
+        return None
+
+    def cursor_of(self, row, field):
+        value = getattr(row, field.name)
+        if value is None:
+            return None
+        text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+        return f"{text}_{row.id}"
+
+    def pager(self, rows, page, page_size, sort_column, sort_desc, cursor):
+        """Trims the extra row and says where Previous and Next lead (template: g.list_pager)."""
+        more = bool(page_size) and len(rows) > page_size
+        if more:
+            rows = rows[:page_size]
+        backwards = cursor is not None and cursor[0] == "before"
+        if backwards:
+            rows.reverse()
+        has_prev = more if backwards else (cursor is not None or page > 0)
+        has_next = (cursor is not None or more) if backwards else more
+        field = self.keyset_field(sort_column, sort_desc)
+        links = {"page": page, "prev": None, "next": None}
+        if rows and field is not None:
+            if has_prev and page > 0:
+                links["prev"] = {"before": self.cursor_of(rows[0], field), "page": page - 1}
+            if has_next:
+                links["next"] = {"after": self.cursor_of(rows[-1], field), "page": page + 1}
+        else:
+            if has_prev and page > 0:
+                links["prev"] = {"page": page - 1}
+            if has_next and page < self.max_page:
+                links["next"] = {"page": page + 1}
+        for name in ("prev", "next"):
+            if links[name] is not None and None in links[name].values():
+                links[name] = {"page": links[name]["page"]}
+        if links["prev"] is not None and links["prev"]["page"] == 0:
+            links["prev"] = {"page": 0}  # the first page: no cursor needed
+        return rows, links
+
+    def pager_href(self, link):
+        """The address of a pager link: the list's own arguments, the page and cursor."""
+        args = [(k, v) for k, v in request.args.items(multi=True)
+                if k not in ("page", "after", "before")]
+        if link.get("page"):
+            args.append(("page", link["page"]))
+        args += [(k, link[k]) for k in ("after", "before") if k in link]
+        return request.path + ("?" + urlencode(args) if args else "")
 
     def capped_count(self, search=None, filters=()):
         """The number of matching rows up to count_cap, in one bounded query on the base
@@ -211,14 +319,35 @@ class LeanListView(SecureModelView):
         return Markup(html)
 
     # -- Flask-Admin hooks ---------------------------------------------------------------
+    def audit_rows(self, rows):
+        """Subject ids shown by these rows (R-SAFE-1: one audit row per subject shown);
+        none by default."""
+        return []
+
+    # -- Flask-Admin hooks ---------------------------------------------------------------
     def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,
                  page_size=None):
+        exporting = page_size is not None and page_size != self.page_size
+        cursor = None if exporting else self.parse_cursor(sort_column, sort_desc)
         query = self.page_query(page, sort_column, sort_desc, search, filters,
-                                page_size=page_size)
+                                page_size=page_size, cursor=cursor)
         if not execute:
             return None, query
-        g.list_count_label = self.count_label(self.capped_count(search, filters))
-        return None, list(query)
+        rows = list(query)
+        exporting = exporting or request.endpoint == f"{self.endpoint}.export"
+        total = rows[0].list_total if rows else (
+            0 if cursor is None and not page else self.capped_count(search, filters))
+        g.list_count_label = self.count_label(total)
+        if not exporting:
+            rows, g.list_pager = self.pager(rows, page or 0, self.page_size if page_size is None
+                                            else page_size, sort_column, sort_desc, cursor)
+        elif page_size and len(rows) > page_size:
+            rows = rows[:page_size]
+        subjects = self.audit_rows(rows)
+        if subjects:
+            record_list_audit(current_actor(), "export_list" if exporting else "view_list",
+                              subjects, detail=request.endpoint or self.endpoint)
+        return None, rows
 
     def _get_list_filter_args(self):
         """Flask-Admin's, but an empty value (a filter left at "Any") is no filter."""

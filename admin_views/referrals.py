@@ -68,9 +68,16 @@ Sender = User.alias("sender")
 # Reads
 # ---------------------------------------------------------------------------
 
+# The referral columns a list row shows, exports or acts on (not the intake answers).
+LIST_COLUMNS = (Referral.id, Referral.subject, Referral.from_program, Referral.from_agency,
+                Referral.to_program, Referral.to_agency, Referral.created_by, Referral.state,
+                Referral.status, Referral.assigned_to, Referral.sent_at, Referral.created_at,
+                Referral.delayed_at, Referral.version)
+
+
 def referral_list_query(base):
     """Referral + subject + both programs and agencies + assignee + sender, one select."""
-    return (base.select(Referral, Subject.id, Subject.first_name, Subject.last_name,
+    return (base.select(*LIST_COLUMNS, Subject.id, Subject.first_name, Subject.last_name,
                         FromProgram.id, FromProgram.name, ToProgram.id, ToProgram.name,
                         FromAgency.id, FromAgency.name, ToAgency.id, ToAgency.name,
                         Assignee.id, Assignee.name, Sender.id, Sender.name)
@@ -93,22 +100,6 @@ def sent_query(user, program):
     """Referrals sent by the program (providers: their own), drafts included."""
     return Referral.visible_to(user, program, side="sent").where(
         Referral.state != REFERRAL_DISCARDED)
-
-
-def incoming_page_query(user, program, page=0, page_size=25):
-    """One page of the incoming queue, newest first (for benchmarks)."""
-    query = referral_list_query(incoming_query(user, program).where(
-        Referral.state.in_(OPEN_REFERRAL_STATES)))
-    return (query.order_by(Referral.sent_at.desc(), Referral.id.desc())
-            .limit(page_size).offset(page * page_size))
-
-
-def sent_page_query(user, program, page=0, page_size=25):
-    """One page of the Sent list, newest first (for benchmarks)."""
-    query = referral_list_query(sent_query(user, program).where(
-        Referral.state.in_(OPEN_REFERRAL_STATES)))
-    return (query.order_by(Referral.created_at.desc(), Referral.id.desc())
-            .limit(page_size).offset(page * page_size))
 
 
 def program_roi_partners(subject, program, day=None):
@@ -208,7 +199,8 @@ def _program_options():
     program = acting_program()
     if program is None:
         return []
-    return [(u.id, u.name) for u in workflow._program_staff(program.id).order_by(User.name)]
+    return cached_options(("staff", program.id), lambda: [
+        (u.id, u.name) for u in workflow._program_staff(program.id).order_by(User.name)])
 
 
 def _agency_options():
@@ -298,6 +290,7 @@ class ReferralListView(LeanListView):
     column_sortable_list = (("sent_at", Referral.sent_at), ("created_at", Referral.created_at),
                             ("id", Referral.id))
     default_sort = ((Referral.sent_at, True),)
+    keyset_fields = ("sent_at", "created_at")  # received referrals have always been sent
 
     def init_search(self):
         return True  # search by subject name, done in apply_search
@@ -324,6 +317,9 @@ class ReferralListView(LeanListView):
 
     def get_export_value(self, model, name):
         return csv_safe(super().get_export_value(model, name))
+
+    def audit_rows(self, rows):
+        return [row.subject_id for row in rows]
 
     def get_one(self, id):
         """Flask-Admin detail and edit are off; the referral page is /referrals/<id>."""
@@ -386,6 +382,7 @@ class SentView(ReferralListView):
         DayFilter(Referral.created_at, "Started until", after=False),
     )
     default_sort = ((Referral.created_at, True),)
+    keyset_fields = ("created_at",)  # drafts have no sent_at
     hidden_filters = ("Client record",)
     gatekeeper_filters = ("Staff member",)
 

@@ -244,7 +244,19 @@ def screen_context(app, summary):
             models.ProgramCounty.program == busiest).first().county_id
         service = models.ProgramService.select().where(
             models.ProgramService.program == busiest).first().service_id
+        # The last row of page 999 (Any Status): "Next" from there shows page 1000.
+        R = models.Referral
+        queue_last = (R.select(R.id, R.sent_at).where(
+            (R.to_program == busiest) & R.state.not_in(("pending", "discarded")))
+            .order_by(R.sent_at.desc(), R.id.desc()).offset(999 * 25 - 1).first())
+        sent_last = (R.select(R.id, R.created_at).where(
+            (R.from_program == busiest) & (R.state != "discarded"))
+            .order_by(R.created_at.desc(), R.id.desc()).offset(999 * 25 - 1).first())
         return {
+            "queue_cursor": f"{queue_last.sent_at.isoformat()}_{queue_last.id}",
+            "queue_at": str(queue_last.sent_at), "queue_id": queue_last.id,
+            "sent_cursor": f"{sent_last.created_at.isoformat()}_{sent_last.id}",
+            "sent_at": str(sent_last.created_at), "sent_id": sent_last.id,
             "program_id": busiest, "program_name": program.name, "agency_id": program.agency_id,
             "gatekeeper_id": gk, "provider_id": provider,
             "emails": {"gatekeeper": generate.bench_email(0, 0),

@@ -47,27 +47,41 @@ PAGE = 25
 OPEN = "('pending', 'sent', 'assigned')"
 
 
-def _page_sql(where, order):
-    """One page of a referral list: the ids by index (LIMIT/OFFSET), then their joins —
-    the fastest hand-written form of the rows the lists show."""
+def _page_sql(where, order, keyset=False):
+    """One page of a referral list: the ids by index (LIMIT/OFFSET, or after a keyset
+    cursor: the row value of the previous page's last row), then their joins — the
+    fastest hand-written form of the rows the lists show."""
+    column = order.split()[0]
+    where = where + (f" AND ({column}, id) < (?, ?)" if keyset else "")
     return (
         "SELECT r.*, s.first_name, s.last_name, fp.name, tp.name, fa.name, ta.name, "
         "ua.name, us.name FROM (SELECT id FROM referral WHERE " + where + " ORDER BY "
-        + order + " LIMIT 25 OFFSET ?) AS page JOIN referral r ON r.id = page.id "
+        + order + " LIMIT 25" + ("" if keyset else " OFFSET ?") + ") AS page "
+        "JOIN referral r ON r.id = page.id "
         "JOIN subject s ON s.id = r.subject_id JOIN program fp ON fp.id = r.from_program_id "
         "JOIN program tp ON tp.id = r.to_program_id JOIN agency fa ON fa.id = r.from_agency_id "
         "JOIN agency ta ON ta.id = r.to_agency_id LEFT JOIN \"user\" ua ON ua.id = r.assigned_to_id "
         "LEFT JOIN \"user\" us ON us.id = r.created_by_id ORDER BY r." + order.replace(", ", ", r."))
 
 
-QUEUE_OPEN_SQL = _page_sql(f"to_program_id = ? AND state IN {OPEN}", "sent_at DESC, id DESC")
-QUEUE_ANY_SQL = _page_sql("to_program_id = ? AND state NOT IN ('pending', 'discarded')",
-                          "sent_at DESC, id DESC")
-SENT_OPEN_SQL = _page_sql(f"from_program_id = ? AND state IN {OPEN}", "created_at DESC, id DESC")
-SENT_ANY_SQL = _page_sql("from_program_id = ? AND state <> 'discarded'",
-                         "created_at DESC, id DESC")
-PROVIDER_SQL = _page_sql(f"to_program_id = ? AND assigned_to_id = ? AND state IN {OPEN}",
-                         "sent_at DESC, id DESC")
+def _count_sql(where):
+    """The list's header ("N referrals", "1,000+"): a count capped at 1,001 index entries."""
+    return f"SELECT COUNT(*) FROM (SELECT 1 FROM referral WHERE {where} LIMIT 1001) AS capped"
+
+
+def _list_floor(where, order, params, keyset=False):
+    """The capped count, then the page's rows (what a list page shows)."""
+    return Floor([(_count_sql(where), params[:-1] if not keyset else params[:-2]),
+                  (_page_sql(where, order, keyset), params)])
+
+
+QUEUE_OPEN = f"to_program_id = ? AND state IN {OPEN}"
+QUEUE_ANY = "to_program_id = ? AND state NOT IN ('pending', 'discarded')"
+SENT_OPEN = f"from_program_id = ? AND state IN {OPEN}"
+SENT_ANY = "from_program_id = ? AND state <> 'discarded'"
+PROVIDER = f"to_program_id = ? AND assigned_to_id = ? AND state IN {OPEN}"
+QUEUE_ORDER = "sent_at DESC, id DESC"
+SENT_ORDER = "created_at DESC, id DESC"
 ANY_QUEUE = {"flt0_0": "any"}  # "Any Status" (the queue's first filter)
 ANY_SENT = {"flt0_1": "any"}  # "Any Status" (the Sent list's second filter)
 # Subject search walks the name index statewide (at most 50), then keeps what the acting
@@ -136,25 +150,28 @@ SCREENS = [
            [("bench_gate.index", {})], Floor([("SELECT 1", ())])),
     Screen("Incoming queue, page 1 (open referrals)", "list", "gatekeeper",
            [("incoming.index_view", {})],
-           Floor([(QUEUE_OPEN_SQL, ("program_id", 0))]), "queue"),
+           _list_floor(QUEUE_OPEN, QUEUE_ORDER, ("program_id", 0)), "queue"),
     Screen("Incoming queue, Any Status, page 1", "list", "gatekeeper",
            [("incoming.index_view", dict(ANY_QUEUE))],
-           Floor([(QUEUE_ANY_SQL, ("program_id", 0))]), "queue"),
+           _list_floor(QUEUE_ANY, QUEUE_ORDER, ("program_id", 0)), "queue"),
+    # Page 1000 as the pager reaches it: "Next" carries the last row's (sent_at, id).
     Screen("Incoming queue, Any Status, page 1000", "list", "gatekeeper",
-           [("incoming.index_view", dict(ANY_QUEUE, page=999))],
-           Floor([(QUEUE_ANY_SQL, ("program_id", 999 * PAGE))]), "queue"),
+           [("incoming.index_view", dict(ANY_QUEUE, page=999, after="{queue_cursor}"))],
+           _list_floor(QUEUE_ANY, QUEUE_ORDER, ("program_id", "queue_at", "queue_id"), True),
+           "queue"),
     Screen("Sent list, page 1 (open referrals)", "list", "gatekeeper",
            [("sent.index_view", {})],
-           Floor([(SENT_OPEN_SQL, ("program_id", 0))]), "sent"),
+           _list_floor(SENT_OPEN, SENT_ORDER, ("program_id", 0)), "sent"),
     Screen("Sent list, Any Status, page 1", "list", "gatekeeper",
            [("sent.index_view", dict(ANY_SENT))],
-           Floor([(SENT_ANY_SQL, ("program_id", 0))]), "sent"),
+           _list_floor(SENT_ANY, SENT_ORDER, ("program_id", 0)), "sent"),
     Screen("Sent list, Any Status, page 1000", "list", "gatekeeper",
-           [("sent.index_view", dict(ANY_SENT, page=999))],
-           Floor([(SENT_ANY_SQL, ("program_id", 999 * PAGE))]), "sent"),
+           [("sent.index_view", dict(ANY_SENT, page=999, after="{sent_cursor}"))],
+           _list_floor(SENT_ANY, SENT_ORDER, ("program_id", "sent_at", "sent_id"), True),
+           "sent"),
     Screen("Provider's own list", "list", "provider",
            [("incoming.index_view", {})],
-           Floor([(PROVIDER_SQL, ("program_id", "provider_id", 0))]), "provider"),
+           _list_floor(PROVIDER, QUEUE_ORDER, ("program_id", "provider_id", 0)), "provider"),
     Screen("Subject search (last name)", "subject", "gatekeeper",
            [("subjects.index", {"q": "{last_name}"}),
             ("subjects.index_view", {"search": "{last_name}"}),
