@@ -11,7 +11,10 @@ import datetime as dt
 
 from rapidfuzz.distance import JaroWinkler
 
-from models import NO_PHONE, Subject, digits, normalize_address, normalize_name
+from peewee import JOIN, SQL, fn
+
+from models import (NO_PHONE, County, Subject, SubjectLink, digits, normalize_address,
+                    normalize_name)
 
 SEARCH_LIMIT = 50
 CANDIDATE_LIMIT = 400
@@ -44,15 +47,20 @@ def split_name(text):
     return tokens
 
 
-def search_subjects(name, dob=None, limit=SEARCH_LIMIT):
+def search_subjects(name, dob=None, limit=SEARCH_LIMIT, program=None):
     """Subjects whose names start like the search, statewide (the caller filters what may
     be shown), as a list. One word: last-name matches, then first-name matches; two words:
     first and last name in either order. Each query walks one index in its own order and
-    stops at `limit` (no sort of every match)."""
+    stops at `limit` (no sort of every match). With `program`, each subject says in
+    `.linked` whether that program may see it (R-SUBJ-6), probed in the same select."""
     tokens = split_name(name)
     if not tokens:
         return []
-    base = Subject.select()
+    columns = [Subject, County]  # the county is shown
+    if program is not None:
+        columns.append(fn.EXISTS(SubjectLink.select(SQL("1")).where(
+            (SubjectLink.program == program) & (SubjectLink.subject == Subject.id))).alias("linked"))
+    base = Subject.select(*columns).join(County, JOIN.LEFT_OUTER)
     if dob:
         base = base.where(Subject.dob == dob)
     if len(tokens) == 1:

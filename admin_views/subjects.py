@@ -92,18 +92,24 @@ class SubjectsView(SecureBaseView):
         rows, others, searched = [], [], bool(form.q.data and form.validate())
         link = {"link_first": "", "link_last": "", "link_dob": ""}
         if searched:
-            found = list(matching.search_subjects(form.q.data, form.dob.data))
-            visible_ids = {s.id for s in Subject.visible_to(actor.user, actor.program)
-                           .where(Subject.id.in_([s.id for s in found]))} if found else set()
+            found = matching.search_subjects(form.q.data, form.dob.data, program=actor.program)
+            visible_ids = {s.id for s in found if actor.user.is_admin or getattr(s, "linked", False)}
             rows = [s for s in found if s.id in visible_ids]
             tokens = matching.split_name(form.q.data)
             if form.dob.data and len(tokens) == 2:  # masked hints need full name and DOB
                 others = [matching.masked(s) for s in found if s.id not in visible_ids]
                 link = dict(zip(("link_first", "link_last"), tokens, strict=True),
                             link_dob=form.dob.data.isoformat())
-            with workflow.transaction():
-                workflow.record_audit(actor, "search_subjects",
-                                      detail=f"{len(rows)} shown, {len(others)} masked")
+            # R-SAFE-1: one audit row per subject shown (the masked hints included); a
+            # search that shows nobody is recorded once.
+            shown = [s.id for s in rows] + [s.id for s in found if s.id not in visible_ids
+                                            and others]
+            if shown:
+                workflow.record_list_audit(actor, "search_subjects", shown,
+                                           detail=f"{len(rows)} shown, {len(others)} masked")
+            else:
+                with workflow.transaction():
+                    workflow.record_audit(actor, "search_subjects", detail="0 shown, 0 masked")
         link_form = LinkSubjectForm()
         return self.render("subjects/search.html", form=form, rows=rows, others=others,
                            searched=searched, link_form=link_form, **link,

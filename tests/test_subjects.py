@@ -299,3 +299,29 @@ def test_r_subj_7_link_guessing_is_throttled(app, network):
     with pytest.raises(workflow.RuleViolation) as excinfo:
         workflow.link_existing_subject(who, existing.id, "John", "Smith", existing.dob, existing.address)
     assert excinfo.value.status_code == 429
+
+
+def test_r_safe_1_search_audits_each_subject_shown_in_few_statements(browser, network):
+    """R-SAFE-1, R-SUBJ-6 (battery item 15, issue 6): a name search shows the acting
+    program's matches and writes one audit row per subject shown; another program's
+    match is neither shown nor logged as shown. The page is the sign-in gate, the name
+    index walks with their visibility probe (one word with fewer than 50 last-name
+    matches walks the first names too) and one audit INSERT: never a query per row."""
+    from playhouse.test_utils import count_queries
+    ours = [make_subject(network.a1, first_name=f"Ann{i}", last_name="Quillfeather") for i in range(2)]
+    theirs = make_subject(network.b1, first_name="Bob", last_name="Quillfeather")
+    browser.login(network.gk_a1)
+    browser.get("/subjects/")
+    before = models.AuditEvent.select(models.fn.MAX(models.AuditEvent.id)).scalar() or 0
+    with count_queries() as counter:
+        page = browser.get("/subjects/?q=quillfeather").get_data(as_text=True)
+    assert counter.count == 4
+    assert "Ann0" in page and "Ann1" in page and "Bob" not in page
+    rows = list(models.AuditEvent.select().where(models.AuditEvent.id > before))
+    assert sorted(r.subject_id for r in rows) == sorted(s.id for s in ours)
+    assert {(r.action, r.user_id, r.program_id) for r in rows} == {
+        ("search_subjects", network.gk_a1.id, network.a1.id)}
+    assert theirs.id not in {r.subject_id for r in rows}
+    with count_queries() as counter:  # two words: "first last", then "last first"
+        browser.get("/subjects/?q=ann0+quillfeather")
+    assert counter.count == 4
