@@ -13,9 +13,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from flask import g, has_request_context
 from markupsafe import Markup
 from markupsafe import escape as _escape
-from peewee import JOIN, SQL, Case, EnclosedNodeList, NodeList, fn
+from peewee import JOIN, SQL, Case, EnclosedNodeList, NodeList, Select, fn
 
 from models import (
     INFO_CONTACT,
@@ -34,6 +35,7 @@ from models import (
     STATUSES,
     AdminRegion,
     Agency,
+    AuditEvent,
     County,
     InsuranceType,
     Membership,
@@ -348,30 +350,54 @@ _directory_lock = threading.Lock()
 
 def network_fingerprint():
     """Changes whenever a program, its MOU or its county/service/insurance links change
-    (max id and count of each link table: an edit deletes and adds rows)."""
-    parts = [Program.select(fn.MAX(Program.updated_at), fn.COUNT(Program.id),
-                            fn.MAX(Program.mou_valid_until), fn.SUM(Case(None, [(Program.active, Program.id)], 0)))]
-    parts += [link.select(fn.MAX(link.id), fn.COUNT(link.id))
-              for link in (ProgramCounty, ProgramService, ProgramInsurance)]
-    parts.append(Agency.select(fn.COUNT(Agency.id), fn.SUM(Case(None, [(Agency.active, Agency.id)], 0))))
-    return tuple(str(value) for query in parts for value in query.tuples().first())
+    (max id and count of each link table: an edit deletes and adds rows), or a name the
+    directory shows is saved. One statement: every figure is a scalar subquery; asked
+    once per request."""
+    if has_request_context() and "network_fingerprint" in g:
+        return g.network_fingerprint
+    figures = [Program.select(fn.MAX(Program.updated_at)), Program.select(fn.COUNT(Program.id)),
+               Program.select(fn.MAX(Program.mou_valid_until)),
+               Program.select(fn.SUM(Case(None, [(Program.active, Program.id)], 0)))]
+    for link in (ProgramCounty, ProgramService, ProgramInsurance):
+        figures += [link.select(fn.MAX(link.id)), link.select(fn.COUNT(link.id))]
+    figures += [Agency.select(fn.COUNT(Agency.id)),
+                Agency.select(fn.SUM(Case(None, [(Agency.active, Agency.id)], 0))),
+                # a renamed agency, region, county, service or insurance type (the names
+                # shown): the last audited save of one (workflow.save_record)
+                AuditEvent.select(fn.MAX(AuditEvent.id)).where(AuditEvent.action.in_(
+                    [f"{verb}_{table}" for verb in ("create", "update") for table in (
+                        "agency", "region", "county", "service", "insurance_type")]))]
+    query = Select(columns=[q.alias(f"f{n}") for n, q in enumerate(figures)]).bind(Program._meta.database)
+    fingerprint = tuple(str(value) for value in next(iter(query.tuples())))
+    if has_request_context():
+        g.network_fingerprint = fingerprint
+    return fingerprint
+
+
+def cached_filter_choices():
+    """filter_choices(), kept with the directory's answers (same fingerprint, same TTL)."""
+    return _cached(("choices", local_today(), network_fingerprint()), filter_choices)
+
+
+def _cached(key, build):
+    now = time.monotonic()
+    with _directory_lock:
+        hit = _directory_cache.get(key)
+        if hit and now - hit[0] < DIRECTORY_TTL:
+            return hit[1]
+    value = build()
+    with _directory_lock:
+        if len(_directory_cache) > 500:
+            _directory_cache.clear()
+        _directory_cache[key] = (now, value)
+    return value
 
 
 def directory_programs(filters):
     """Program dicts of the public directory for these filters (cached, R-NET-2)."""
     clean = clean_filters(filters)
     key = (tuple(sorted(clean.items())), local_today(), network_fingerprint())
-    now = time.monotonic()
-    with _directory_lock:
-        hit = _directory_cache.get(key)
-        if hit and now - hit[0] < DIRECTORY_TTL:
-            return hit[1]
-    details = program_details(program_search(clean))
-    with _directory_lock:
-        if len(_directory_cache) > 500:
-            _directory_cache.clear()
-        _directory_cache[key] = (now, details)
-    return details
+    return _cached(key, lambda: program_details(program_search(clean)))
 
 
 def clear_directory_cache():

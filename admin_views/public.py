@@ -35,7 +35,7 @@ class DirectoryView(SecureBaseView):
 
     @expose("/")
     def index(self):
-        form = ProgramFilterForm(request.args).fill(reporting.filter_choices())
+        form = ProgramFilterForm(request.args).fill(reporting.cached_filter_choices())
         programs = reporting.directory_programs(request.args) if form.validate() else []
         located = [p for p in programs if p["latitude"] is not None and p["longitude"] is not None]
         return self.render_public("public/directory.html", form=form, programs=programs,

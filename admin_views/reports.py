@@ -79,7 +79,7 @@ class ReportsView(SecureBaseView):
     def agencies(self):
         kind = reporting.REPORTS["agencies"]
         self._require(kind)
-        form = ProgramFilterForm(request.args).fill(reporting.filter_choices())
+        form = ProgramFilterForm(request.args).fill(reporting.cached_filter_choices())
         details = reporting.program_details(reporting.program_search(request.args)) \
             if form.validate() else []
         download = request.args.get("download")

@@ -172,3 +172,17 @@ def test_r_net_2_cache_follows_link_changes(listed):
     assert names == ["Missoula Food Bank", "Program B1"]
     models.Agency.update(active=False).where(models.Agency.id == listed.agency_b.id).execute()
     assert reporting.directory_programs({"service": str(pantry.id)}) == []
+
+
+def test_r_net_2_renamed_agency_shows_at_once_despite_the_cache(listed, browser):
+    """R-NET-2 (issue 6): the directory's answers and filter choices are cached under a
+    fingerprint of the network taken in one statement; an agency renamed through the
+    administrators' save (audited) changes it, so the new name shows at once."""
+    assert listed.agency_a.name in browser.get("/directory/").get_data(as_text=True)
+
+    def rename(agency):
+        agency.name = "Renamed Health Collective"
+
+    workflow.save_record(actor(listed.admin), listed.agency_a, rename)
+    page = browser.get("/directory/").get_data(as_text=True)
+    assert page.count("Renamed Health Collective") >= 2  # a result and a filter choice
