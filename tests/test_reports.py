@@ -553,3 +553,18 @@ def test_r_rpt_3_4_5_6_issue_6_sql_figures_equal_python(varied, kind_key, status
                                      user=n.gk_a1, program=n.a1, row_limit=None)
     assert [row["id"] for row in full.rows] == expected["ids"]
     assert full.rows[:7] == report.rows
+
+
+def test_r_rpt_3_issue_6_migration_3_adds_the_report_indexes(app):
+    """Issue 6: an existing database (migrations 1-2 only) gets the reports' two covering
+    indexes from migration 3, and running it again changes nothing."""
+    names = {"referral_to_program_id_sent_at_state_status_delayed_at_a_4df2d48",
+             "referral_from_program_id_sent_at_to_program_id_state_sta_ebea59f"}
+    names = {name[:63] for name in names}  # PostgreSQL keeps 63 characters of a name
+    for name in names:
+        models.database.execute_sql(f'DROP INDEX "{name}"')
+    models.SchemaVersion.delete().where(models.SchemaVersion.version == 3).execute()
+    assert not names & {index.name for index in models.database.get_indexes("referral")}
+    assert models.migrate() == [3]
+    assert names <= {index.name for index in models.database.get_indexes("referral")}
+    assert models.migrate() == []
