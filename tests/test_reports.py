@@ -564,7 +564,7 @@ def test_r_rpt_3_issue_6_migration_3_adds_the_report_indexes(app):
     for name in names:
         models.database.execute_sql(f'DROP INDEX "{name}"')
     models.SchemaVersion.delete().where(models.SchemaVersion.version == 3).execute()
-    assert not names & {index.name for index in models.database.get_indexes("referral")}
+    assert not names & {index.name[:63] for index in models.database.get_indexes("referral")}
     assert models.migrate() == [3]
-    assert names <= {index.name for index in models.database.get_indexes("referral")}
+    assert names <= {index.name[:63] for index in models.database.get_indexes("referral")}
     assert models.migrate() == []
