@@ -560,9 +560,9 @@ def test_r_rpt_3_issue_6_migration_3_adds_the_report_indexes(app):
     indexes from migration 3, and running it again changes nothing."""
     names = {"referral_to_program_id_sent_at_state_status_delayed_at_a_4df2d48",
              "referral_from_program_id_sent_at_to_program_id_state_sta_ebea59f"}
-    names = {name[:63] for name in names}  # PostgreSQL keeps 63 characters of a name
     for name in names:
         models.database.execute_sql(f'DROP INDEX "{name}"')
+    names = {name[:63] for name in names}  # PostgreSQL keeps 63 characters of a name
     models.SchemaVersion.delete().where(models.SchemaVersion.version == 3).execute()
     assert not names & {index.name[:63] for index in models.database.get_indexes("referral")}
     assert models.migrate() == [3]
