@@ -8,15 +8,17 @@ screens, the downloads and the benchmarks share them.
 import csv
 import datetime as dt
 import io
+import operator
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import reduce
 
 from flask import g, has_request_context
 from markupsafe import Markup
 from markupsafe import escape as _escape
-from peewee import JOIN, SQL, Case, EnclosedNodeList, NodeList, Select, fn
+from peewee import JOIN, SQL, Case, EnclosedNodeList, NodeList, Select, Value, fn
 
 from models import (
     INFO_CONTACT,
@@ -51,6 +53,7 @@ from models import (
     Service,
     Subject,
     User,
+    database,
     is_sqlite,
     local_today,
     local_zone,
@@ -591,7 +594,25 @@ def referral_condition(kind, scope, start, end, status="", agency_ids=()):
         where = scope.sent()
     else:
         where = scope.received() | scope.sent()
-    where = (where & Referral.sent_at.is_null(False)
+    return where & _report_filters(kind, start, end, status, agency_ids)
+
+
+def report_halves(kind, scope, start, end, status="", agency_ids=()):
+    """The report's rows as (direction, WHERE) halves, received and sent apart: each half
+    walks its own covering index (issue 6), where an OR of the two columns reads the table.
+    A referral a program sends to itself counts once, as received (as referral_condition)."""
+    filters = _report_filters(kind, start, end, status, agency_ids)
+    if kind.direction == "received":
+        return [("received", scope.received() & filters)]
+    if kind.direction == "sent":
+        return [("sent", scope.sent() & filters)]
+    return [("received", scope.received() & filters),
+            ("sent", scope.sent() & ~scope.received() & filters)]
+
+
+def _report_filters(kind, start, end, status, agency_ids):
+    """Period, agencies and status: the part of a report's WHERE that is not its scope."""
+    where = (Referral.sent_at.is_null(False)
              & (Referral.sent_at >= local_day_start(start))
              & (Referral.sent_at < local_day_start(end + dt.timedelta(days=1))))
     if agency_ids and kind.direction == "received":
@@ -608,40 +629,76 @@ def referral_condition(kind, scope, start, end, status="", agency_ids=()):
     return where
 
 
-def _median_seconds(where, start_col, end_col, count):
-    """The median of end - start over the rows (SQL: percentile_cont on PostgreSQL,
-    the middle row(s) by ORDER BY/OFFSET on SQLite)."""
-    if not count:
-        return None
-    seconds = _seconds_between(start_col, end_col)
-    base = Referral.select().where(where & end_col.is_null(False))
+def _union_all(queries):
+    """UNION ALL of the halves' queries; each wrapped as a subquery so that it may keep its
+    own ORDER BY and LIMIT (SQLite refuses them on the members of a compound)."""
+    if len(queries) == 1:
+        return queries[0]
+    first, *others = [query.select_from(SQL("*")) if query._limit else query
+                      for query in queries]
+    for other in others:
+        first = first + other
+    return first
+
+
+def _report_groups(halves):
+    """Counts by direction, state, status, delay and month: one statement, each half
+    grouped on its own index (COUNT(*), not COUNT(id): PostgreSQL's index holds no id)."""
+    delayed = Case(None, [(Referral.delayed_at.is_null(False), 1)], 0)
+    month = _month_of(Referral.sent_at)
+    return _union_all([
+        Referral.select(Value(side).alias("d"), Referral.state, Referral.status,
+                        delayed.alias("late"), month.alias("m"), fn.COUNT(SQL("*")),
+                        fn.COUNT(Referral.acknowledged_at), fn.COUNT(Referral.outcome_at))
+        .where(where)
+        # By position: PostgreSQL does not match parameterised CASE expressions.
+        .group_by(SQL("2, 3, 4, 5"))
+        for side, where in halves]).tuples()
+
+
+def _report_medians(halves, acknowledged, with_outcome):
+    """(median seconds to acknowledge, to outcome) over both halves in one statement:
+    percentile_cont on PostgreSQL; on SQLite the middle row(s) by ORDER BY/OFFSET (the
+    counts come from the groups), averaged here as before."""
+    ack = _seconds_between(Referral.sent_at, Referral.acknowledged_at)
+    out = _seconds_between(Referral.sent_at, Referral.outcome_at)
     if not is_sqlite():
-        median_sql = NodeList((fn.percentile_cont(0.5), SQL("WITHIN GROUP"),
-                               EnclosedNodeList([NodeList((SQL("ORDER BY"), seconds))])))
-        value = base.select(median_sql).scalar()
-        return float(value) if value is not None else None
-    values = [row[0] for row in base.select(seconds.alias("s")).order_by(seconds)
-              .limit(2 - count % 2).offset((count - 1) // 2).tuples()]
-    return sum(values) / len(values) if values else None
+        rows = _union_all([Referral.select(ack.alias("a"), out.alias("o")).where(where)
+                           for _, where in halves])
+        rows = rows.alias("r")
+
+        def median_of(column):
+            return NodeList((fn.percentile_cont(0.5), SQL("WITHIN GROUP"),
+                             EnclosedNodeList([NodeList((SQL("ORDER BY"), rows.c[column]))])))
+        values = Select([rows], [median_of("a"), median_of("o")]).bind(database).tuples()
+        return tuple(float(v) if v is not None else None for v in next(iter(values)))
+    parts = []
+    for key, seconds, end_col, count in (("a", ack, Referral.acknowledged_at, acknowledged),
+                                         ("o", out, Referral.outcome_at, with_outcome)):
+        if not count:
+            continue
+        middle = _union_all([Referral.select(seconds.alias("s")).where(where & end_col.is_null(False))
+                             for _, where in halves]).alias(f"m{key}")
+        parts.append(Select([middle], [Value(key).alias("k"), middle.c.s])
+                     .order_by(middle.c.s).limit(2 - count % 2).offset((count - 1) // 2)
+                     .select_from(SQL("*")))
+    if not parts:
+        return None, None
+    values = {"a": [], "o": []}
+    for key, value in _union_all(parts).bind(database).tuples():
+        values[key].append(value)
+    return tuple(sum(v) / len(v) if v else None for v in (values["a"], values["o"]))
 
 
 def referral_report(kind_key, scope, start, end, status="", agency_ids=(), user=None,
                     program=None, row_limit=200):
-    """Counts, medians, chart data and up to row_limit rows of one referral report."""
+    """Counts, medians, chart data and up to row_limit rows of one referral report:
+    three statements whatever the period (groups, medians, rows)."""
     kind = REPORTS[kind_key]
     report = ReferralReport(kind, scope, start, end, status if kind.status_filter else "",
                             list(agency_ids) if kind.agency_filter else [])
-    where = referral_condition(kind, scope, start, end, report.status, report.agency_ids)
-    direction = Case(None, [(scope.received(), "received")], "sent")
-    delayed = Case(None, [(Referral.delayed_at.is_null(False), 1)], 0)
-    month = _month_of(Referral.sent_at)
-    groups = (Referral.select(direction.alias("d"), Referral.state, Referral.status,
-                              delayed.alias("late"), month.alias("m"), fn.COUNT(Referral.id),
-                              fn.COUNT(Referral.acknowledged_at), fn.COUNT(Referral.outcome_at))
-              # By position: PostgreSQL does not match parameterised CASE expressions.
-              .where(where).group_by(SQL("1, 2, 3, 4, 5"))
-              .tuples())
-    for side, state, status_label, late, month_key, count, acked, outcomes in groups:
+    halves = report_halves(kind, scope, start, end, report.status, report.agency_ids)
+    for side, state, status_label, late, month_key, count, acked, outcomes in _report_groups(halves):
         report.total += count
         setattr(report, side, getattr(report, side) + count)
         report.delayed += count if late and state == REFERRAL_SENT else 0
@@ -652,12 +709,11 @@ def referral_report(kind_key, scope, start, end, status="", agency_ids=(), user=
         report.by_month[month_key] = report.by_month.get(month_key, 0) + count
         report.acknowledged += acked
         report.with_outcome += outcomes
-    report.median_ack_seconds = _median_seconds(
-        where, Referral.sent_at, Referral.acknowledged_at, report.acknowledged)
-    report.median_outcome_seconds = _median_seconds(
-        where, Referral.sent_at, Referral.outcome_at, report.with_outcome)
+    if report.acknowledged or report.with_outcome:
+        report.median_ack_seconds, report.median_outcome_seconds = _report_medians(
+            halves, report.acknowledged, report.with_outcome)
     if row_limit != 0:  # 0: figures only; None: every row (downloads)
-        report.rows = list(report_rows(where, scope, user, program, limit=row_limit))
+        report.rows = list(report_rows(halves, scope, user, program, limit=row_limit))
     return report
 
 
@@ -666,13 +722,22 @@ ROW_HEADER = ["Referral", "Sent", "Direction", "From agency", "From program", "T
               "Outcome", "Days to outcome", "Delayed"]
 
 
-def report_rows(where, scope, user, program, limit=None):
+def report_rows(halves, scope, user, program, limit=None):
     """Row dicts, newest first, with joins (no N+1). The client's name is selected only
     for referrals the acting program may see (Referral.visible_to) and, on the receiving
-    side, only while the referral's ROI is signed, unexpired and covers contact details."""
+    side, only while the referral's ROI is signed, unexpired and covers contact details.
+    With a limit, the newest ids of each half come first from its index, and only those
+    rows are joined and checked (issue 6)."""
     from_p, to_p, from_a, to_a = Program.alias(), Program.alias(), Agency.alias(), Agency.alias()
+    if limit:
+        where = Referral.id.in_(_union_all([
+            Referral.select(Referral.id).where(half)
+            .order_by(Referral.sent_at.desc(), Referral.id.desc()).limit(limit)
+            for _, half in halves]))
+    else:
+        where = reduce(operator.or_, [half for _, half in halves])
     if user is not None and program is not None:
-        visible = Referral.id.in_(Referral.visible_to(user, program).select(Referral.id))
+        visible = Referral.visible_condition(user, program)
         first = Case(None, [(visible, Subject.first_name)], None)
         last = Case(None, [(visible, Subject.last_name)], None)
     else:

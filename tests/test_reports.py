@@ -442,3 +442,129 @@ def test_admin_dashboard_figures_and_scope(referrals, browser):
     browser.login(n.admin)
     home = browser.get("/").get_data(as_text=True)
     assert "Network at a glance" in home and "Program B1" in home
+
+
+# ---------------------------------------------------------------------------
+# Issue 6: the figures computed in SQL (two index halves, medians by OFFSET or
+# percentile_cont, the page of rows by index) equal a plain Python computation.
+# ---------------------------------------------------------------------------
+
+@pytest.fixture
+def varied(network):
+    """About 150 referrals among A1, A2 and B1 (A1 also to itself): every state, statuses,
+    delays, drafts, ties on sent_at, seconds-precise delays, some outside the year."""
+    import random
+    rng = random.Random(6)
+    n = network
+    subject = make_subject(n.a1, n.gk_a1, first_name="Ottilie", last_name="Marchbanks")
+    roi = make_roi(subject, n.a1, others=(n.a2, n.b1))
+    programs = [n.a1, n.a2, n.b1]
+    states = [models.REFERRAL_SENT, models.REFERRAL_ASSIGNED, models.REFERRAL_CLOSED,
+              models.REFERRAL_DECLINED, models.REFERRAL_WITHDRAWN, models.REFERRAL_PENDING]
+    tie = NOW - dt.timedelta(days=3, seconds=17)
+    for index in range(150):
+        state = rng.choice(states)
+        from_p, to_p = rng.choice(programs), rng.choice(programs)
+        sent = None if state == models.REFERRAL_PENDING else (
+            tie if index % 9 == 0 else NOW - dt.timedelta(seconds=rng.randrange(1, 420 * 86400)))
+        ack = sent + dt.timedelta(seconds=rng.randrange(60, 40 * 86400)) \
+            if sent and rng.random() < 0.7 else None
+        outcome = ack + dt.timedelta(seconds=rng.randrange(0, 90 * 86400)) \
+            if ack and rng.random() < 0.6 else None
+        models.Referral.create(
+            subject=subject, roi=roi, from_program=from_p, from_agency=from_p.agency_id,
+            to_program=to_p, to_agency=to_p.agency_id, created_by=n.gk_a1, state=state,
+            status=rng.choice([None, None] + list(models.STATUSES[:4])), sent_at=sent,
+            acknowledged_at=ack, assigned_at=ack, outcome_at=outcome,
+            delayed_at=sent + dt.timedelta(days=8) if sent and rng.random() < 0.2 else None,
+            updated_at=sent or NOW)
+    return n
+
+
+def python_report(kind, scope, start, end, status="", agency_ids=()):
+    """The report's figures by hand over every referral row (no SQL aggregation)."""
+    def side_of(ref):
+        received = (ref.to_program_id if scope.kind == "program" else ref.to_agency_id) == scope.id
+        sent = (ref.from_program_id if scope.kind == "program" else ref.from_agency_id) == scope.id
+        if kind.direction == "received" or (kind.direction == "both" and received):
+            return "received" if received else None
+        return "sent" if sent else None
+    low, high = reporting.local_day_start(start), reporting.local_day_start(end + dt.timedelta(days=1))
+    rows = []
+    for ref in models.Referral.select():
+        if ref.sent_at is None or not low <= ref.sent_at < high or side_of(ref) is None:
+            continue
+        if agency_ids and kind.direction == "received" and ref.from_agency_id not in agency_ids:
+            continue
+        if agency_ids and kind.direction == "sent" and ref.to_agency_id not in agency_ids:
+            continue
+        label = models.REFERRAL_STATE_LABELS.get(ref.state, ref.state)
+        late = ref.delayed_at is not None and ref.state == models.REFERRAL_SENT
+        if status and status not in (ref.status, label) and not (status == reporting.DELAYED and late):
+            continue
+        rows.append((ref, label, late))
+    figures = {"total": len(rows), "by_state": {}, "by_status": {}, "by_month": {},
+               "received": 0, "sent": 0, "delayed": 0}
+    for ref, label, late in rows:
+        figures[side_of(ref)] += 1
+        figures["delayed"] += late
+        for key, value in (("by_state", label), ("by_status", ref.status or label),
+                           ("by_month", ref.sent_at.strftime("%Y-%m"))):
+            figures[key][value] = figures[key].get(value, 0) + 1
+    ack = [(r.acknowledged_at - r.sent_at).total_seconds() for r, _, _ in rows if r.acknowledged_at]
+    out = [(r.outcome_at - r.sent_at).total_seconds() for r, _, _ in rows if r.outcome_at]
+    figures.update(acknowledged=len(ack), with_outcome=len(out),
+                   median_ack_days=reporting.days(reporting.median(ack)),
+                   median_outcome_days=reporting.days(reporting.median(out)),
+                   ids=[r.id for r, _, _ in sorted(rows, key=lambda x: (x[0].sent_at, x[0].id),
+                                                   reverse=True)])
+    return figures
+
+
+VARIED_CASES = [(kind, status, agencies) for kind in reporting.REFERRAL_REPORTS
+                for status, agencies in (("", False), ("Delayed", False), ("Closed", False),
+                                         ("Enrolled in Services", False), ("", True))
+                if (not status or reporting.REPORTS[kind].status_filter)
+                and (not agencies or reporting.REPORTS[kind].agency_filter)]
+
+
+@pytest.mark.parametrize("kind_key, status, agencies", VARIED_CASES)
+@pytest.mark.parametrize("scope_kind", ["program", "agency"])
+def test_r_rpt_3_4_5_6_issue_6_sql_figures_equal_python(varied, kind_key, status, agencies,
+                                                         scope_kind):
+    """R-RPT-3..6, issue 6: counts by state, status and month, delays, both medians and the
+    newest rows of the SQL report equal a plain computation over the same rows; the page
+    (row_limit) is the head of the full list, with the same client names."""
+    n = varied
+    scope = scope_of(n.a1) if scope_kind == "program" else reporting.Scope(
+        "agency", n.agency_a.id, "Agency A")
+    agency_ids = [n.agency_b.id] if agencies else []
+    kind = reporting.REPORTS[kind_key]
+    start, end = (NOW - dt.timedelta(days=365)).date(), models.local_today()
+    expected = python_report(kind, scope, start, end, status, agency_ids)
+    report = reporting.referral_report(kind_key, scope, start, end, status, agency_ids,
+                                       user=n.gk_a1, program=n.a1, row_limit=7)
+    assert expected["total"] > 0
+    for name in ("total", "received", "sent", "delayed", "by_state", "by_status", "by_month",
+                 "acknowledged", "with_outcome", "median_ack_days", "median_outcome_days"):
+        assert getattr(report, name) == expected[name], name
+    assert [row["id"] for row in report.rows] == expected["ids"][:7]
+    full = reporting.referral_report(kind_key, scope, start, end, status, agency_ids,
+                                     user=n.gk_a1, program=n.a1, row_limit=None)
+    assert [row["id"] for row in full.rows] == expected["ids"]
+    assert full.rows[:7] == report.rows
+
+
+def test_r_rpt_3_issue_6_migration_3_adds_the_report_indexes(app):
+    """Issue 6: an existing database (migrations 1-2 only) gets the reports' two covering
+    indexes from migration 3, and running it again changes nothing."""
+    names = {"referral_to_program_id_sent_at_state_status_delayed_at_a_4df2d48",
+             "referral_from_program_id_sent_at_to_program_id_state_sta_ebea59f"}
+    for name in names:
+        models.database.execute_sql(f'DROP INDEX "{name}"')
+    names = {name[:63] for name in names}  # PostgreSQL keeps 63 characters of a name
+    models.SchemaVersion.delete().where(models.SchemaVersion.version == 3).execute()
+    assert not names & {index.name[:63] for index in models.database.get_indexes("referral")}
+    assert models.migrate() == [3]
+    assert names <= {index.name[:63] for index in models.database.get_indexes("referral")}
+    assert models.migrate() == []
