@@ -821,12 +821,13 @@ class Referral(TimestampedModel):
     class Meta:
         indexes = (
             (("to_program", "state", "sent_at"), False),
-            (("to_program", "sent_at"), False),
             (("from_program", "state", "created_at"), False),
             (("from_program", "created_at"), False),
-            (("from_program", "sent_at"), False),  # Referrals To Agency and other reports
             # The referral reports read every figure from these two (issue 6, migration 3):
-            # a year of the busiest program without a single table lookup.
+            # a year of the busiest program without a single table lookup. They lead with
+            # (to_program, sent_at) and (from_program, sent_at), so they also serve the
+            # incoming queue's walk and the sent-date lookups (migration 4 drops the two
+            # narrower indexes they replace).
             (("to_program", "sent_at", "state", "status", "delayed_at", "acknowledged_at",
               "outcome_at", "from_agency"), False),
             (("from_program", "sent_at", "to_program", "state", "status", "delayed_at",
@@ -1099,10 +1100,21 @@ def _migration_3_report_indexes():
     Referral._schema.create_indexes(safe=True)
 
 
+REPLACED_INDEXES = ("referral_to_program_id_sent_at", "referral_from_program_id_sent_at")
+
+
+def _migration_4_drop_replaced_indexes():
+    """(to_program, sent_at) and (from_program, sent_at) are prefixes of the reports'
+    covering indexes: one index fewer to write per referral and to build (issue 6)."""
+    for name in REPLACED_INDEXES:
+        database.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
+
+
 MIGRATIONS = [
     (1, _migration_1_initial),
     (2, _migration_2_api_clients),
     (3, _migration_3_report_indexes),
+    (4, _migration_4_drop_replaced_indexes),
 ]
 
 

@@ -108,39 +108,49 @@ STOCK_SQL = "SELECT * FROM referral LIMIT 20 OFFSET ?"
 YEAR = {"scope": "program:{program_id}", "start": "{year_ago}", "end": "{today}"}
 
 
-REPORT_ROWS_SQL = (
-    "SELECT r.id, r.sent_at, r.state, r.status, r.acknowledged_at, r.outcome_at, r.delayed_at, "
-    "fa.name, fp.name, ta.name, tp.name, s.first_name, s.last_name, roi.state, roi.expires_on "
-    "FROM referral r JOIN program fp ON fp.id = r.from_program_id "
-    "JOIN program tp ON tp.id = r.to_program_id JOIN agency fa ON fa.id = r.from_agency_id "
-    "JOIN agency ta ON ta.id = r.to_agency_id JOIN subject s ON s.id = r.subject_id "
-    "LEFT JOIN roi ON roi.id = r.roi_id WHERE {where} AND r.sent_at >= {since} "
-    "ORDER BY r.sent_at DESC, r.id DESC LIMIT 200")
+# The hand-written form of a report: the year's rows of each direction from its own index
+# (received: to_program; sent: from_program, a program's referrals to itself counted once,
+# as received), then the counts by state, status and month, the two medians and the newest
+# 200 rows with their names.
+RECEIVED = "r.to_program_id = ?"
+SENT = "r.from_program_id = ? AND r.to_program_id <> ?"
+REPORT_COLUMNS = ("r.id, r.sent_at, r.state, r.status, r.acknowledged_at, r.outcome_at, "
+                  "r.delayed_at")
 
 
-def _report_floor(where):
+def _report_floor(*halves):
     """A year of the busiest program: counts by state, status and month, the medians of
     time to acknowledge and to outcome, and the first 200 rows with their names."""
     statements = {}
-    for backend, since, month in (("sqlite", "?", "strftime('%Y-%m', r.sent_at)"),
-                                  ("postgres", "?::date", "to_char(r.sent_at, 'YYYY-MM')")):
-        params = ("program_id", "year_ago")
-        chosen = [(f"SELECT r.state, r.status, {month}, COUNT(*), COUNT(r.acknowledged_at), "
-                   f"COUNT(r.outcome_at) FROM referral r WHERE {where} AND r.sent_at >= {since} "
-                   f"GROUP BY r.state, r.status, {month}", params)]
+    for backend, since, month in (("sqlite", "?", "strftime('%Y-%m', y.sent_at)"),
+                                  ("postgres", "?::date", "to_char(y.sent_at, 'YYYY-MM')")):
+        year = " UNION ALL ".join(f"SELECT {REPORT_COLUMNS} FROM referral r WHERE {half} "
+                                  f"AND r.sent_at >= {since}" for half in halves)
+        params = tuple(p for half in halves
+                       for p in ("program_id",) * half.count("?") + ("year_ago",))
+        chosen = [(f"SELECT y.state, y.status, {month}, COUNT(*), COUNT(y.acknowledged_at), "
+                   f"COUNT(y.outcome_at) FROM ({year}) AS y GROUP BY y.state, y.status, {month}",
+                   params)]
         for column in ("acknowledged_at", "outcome_at"):
             if backend == "sqlite":
                 chosen.append((
-                    f"SELECT julianday(r.{column}) - julianday(r.sent_at) AS d FROM referral r "
-                    f"WHERE {where} AND r.sent_at >= ? AND r.{column} IS NOT NULL ORDER BY d "
-                    f"LIMIT 1 OFFSET (SELECT COUNT(*) / 2 FROM referral r WHERE {where} "
-                    f"AND r.sent_at >= ? AND r.{column} IS NOT NULL)", params + params))
+                    f"SELECT julianday(y.{column}) - julianday(y.sent_at) AS d FROM ({year}) AS y "
+                    f"WHERE y.{column} IS NOT NULL ORDER BY d LIMIT 1 OFFSET (SELECT COUNT(*) / 2 "
+                    f"FROM ({year}) AS z WHERE z.{column} IS NOT NULL)", params + params))
             else:
                 chosen.append((
-                    f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY r.{column} - r.sent_at) "
-                    f"FROM referral r WHERE {where} AND r.sent_at >= ?::date "
-                    f"AND r.{column} IS NOT NULL", params))
-        chosen.append((REPORT_ROWS_SQL.format(where=where, since=since), params))
+                    f"SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY y.{column} - y.sent_at) "
+                    f"FROM ({year}) AS y WHERE y.{column} IS NOT NULL", params))
+        chosen.append((
+            "SELECT r.id, r.sent_at, r.state, r.status, r.acknowledged_at, r.outcome_at, "
+            "r.delayed_at, fa.name, fp.name, ta.name, tp.name, s.first_name, s.last_name, "
+            f"roi.state, roi.expires_on FROM (SELECT y.id FROM ({year}) AS y "
+            "ORDER BY y.sent_at DESC, y.id DESC LIMIT 200) AS page "
+            "JOIN referral r ON r.id = page.id "
+            "JOIN program fp ON fp.id = r.from_program_id JOIN program tp ON tp.id = r.to_program_id "
+            "JOIN agency fa ON fa.id = r.from_agency_id JOIN agency ta ON ta.id = r.to_agency_id "
+            "JOIN subject s ON s.id = r.subject_id LEFT JOIN roi ON roi.id = r.roi_id "
+            "ORDER BY r.sent_at DESC, r.id DESC", params))
         statements[backend] = chosen
     return Floor(statements["sqlite"], statements["postgres"])
 
@@ -192,16 +202,16 @@ SCREENS = [
            Floor([(DIRECTORY_SQL, ("today", "county_id", "service_id"))]), "directory"),
     Screen("Report: Referral Delays to Agency (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="delays", **YEAR))],
-           _report_floor("r.to_program_id = ?"), "report"),
+           _report_floor(RECEIVED, SENT), "report"),
     Screen("Report: Referral Outcomes (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="outcomes", **YEAR))],
-           _report_floor("r.to_program_id = ?"), "report"),
+           _report_floor(RECEIVED, SENT), "report"),
     Screen("Report: Referrals From Agency (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="from_agency", **YEAR))],
-           _report_floor("r.from_program_id = ?"), "report"),
+           _report_floor(RECEIVED), "report"),
     Screen("Report: Referrals To Agency (year)", "report", "gatekeeper",
            [("reports.referrals", dict(kind_key="to_agency", **YEAR))],
-           _report_floor("r.to_program_id = ?"), "report"),
+           _report_floor("r.from_program_id = ?"), "report"),
     Screen("Referral page", "detail", "gatekeeper",
            [("referral.view", {"referral_id": "{referral_id}"}),
             ("referrals.details_view", {"id": "{referral_id}"}),

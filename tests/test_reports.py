@@ -568,3 +568,19 @@ def test_r_rpt_3_issue_6_migration_3_adds_the_report_indexes(app):
     assert models.migrate() == [3]
     assert names <= {index.name[:63] for index in models.database.get_indexes("referral")}
     assert models.migrate() == []
+
+
+def test_r_rpt_3_issue_6_migration_4_drops_the_replaced_indexes(app):
+    """Issue 6: a database made before the covering indexes keeps (to_program, sent_at) and
+    (from_program, sent_at); migration 4 drops them (the covering indexes lead with the
+    same columns) and leaves every index the models declare."""
+    for name, column in zip(models.REPLACED_INDEXES, ("to_program_id", "from_program_id")):
+        models.database.execute_sql(f'CREATE INDEX "{name}" ON "referral" ("{column}", "sent_at")')
+    models.SchemaVersion.delete().where(models.SchemaVersion.version == 4).execute()
+    assert models.migrate() == [4]
+    present = {index.name for index in models.database.get_indexes("referral")}
+    assert not set(models.REPLACED_INDEXES) & present
+    declared = {index._name[:63] for index in models.Referral._meta.fields_to_index()
+                if getattr(index, "_name", None)}
+    assert declared <= {name[:63] for name in present}
+    assert models.migrate() == []
