@@ -17,7 +17,6 @@ sorting, actions and export, but a page is ONE select (issue 6):
 
 import datetime as dt
 import time
-
 from urllib.parse import urlencode
 
 from flask import abort, current_app, flash, g, request
@@ -318,7 +317,6 @@ class LeanListView(SecureModelView):
             html = html.replace(mark, mark[:-1] + " selected>", 1)
         return Markup(html)
 
-    # -- Flask-Admin hooks ---------------------------------------------------------------
     def audit_rows(self, rows):
         """Subject ids shown by these rows (R-SAFE-1: one audit row per subject shown);
         none by default."""
@@ -327,14 +325,13 @@ class LeanListView(SecureModelView):
     # -- Flask-Admin hooks ---------------------------------------------------------------
     def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,
                  page_size=None):
-        exporting = page_size is not None and page_size != self.page_size
+        exporting = request.endpoint == f"{self.endpoint}.export"  # every row, no pager
         cursor = None if exporting else self.parse_cursor(sort_column, sort_desc)
         query = self.page_query(page, sort_column, sort_desc, search, filters,
                                 page_size=page_size, cursor=cursor)
         if not execute:
             return None, query
         rows = list(query)
-        exporting = exporting or request.endpoint == f"{self.endpoint}.export"
         total = rows[0].list_total if rows else (
             0 if cursor is None and not page else self.capped_count(search, filters))
         g.list_count_label = self.count_label(total)
