@@ -236,9 +236,19 @@ def _sent_to_options():
     return cached_options(("sent_to", program.id), build)
 
 
+CONSENT_ENDED = "Consent ended"
+
+
+def _client_name(model):
+    """The client's name, unless consent for the receiving program has ended (R-ROI-9)."""
+    if getattr(model, "client_hidden", False):
+        return CONSENT_ENDED
+    return f"{model.subject.first_name} {model.subject.last_name}"
+
+
 def _client_link(view, context, model, name):
     return Markup(f'<a href="{url_for("referral.view", referral_id=model.id)}">'
-                  f'{escape(model.subject.first_name)} {escape(model.subject.last_name)}</a>')
+                  f'{escape(_client_name(model))}</a>')
 
 
 def _state_cell(view, context, model, name):
@@ -290,7 +300,7 @@ class ReferralListView(LeanListView):
                          "to_side": _program_cell("to"), "assigned": _person_cell("assigned_to"),
                          "sender": _person_cell("created_by")}
     column_formatters_export = {
-        "client": lambda v, c, m, n: csv_safe(f"{m.subject.first_name} {m.subject.last_name}"),
+        "client": lambda v, c, m, n: csv_safe(_client_name(m)),
         "state": lambda v, c, m, n: m.status or m.state_label,
         "sent_at": _when, "created_at": _when, "from_side": _program_cell("from"),
         "to_side": _program_cell("to"), "assigned": _person_cell("assigned_to"),
@@ -324,6 +334,31 @@ class ReferralListView(LeanListView):
 
     def get_export_value(self, model, name):
         return csv_safe(super().get_export_value(model, name))
+
+    def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,
+                 page_size=None):
+        """The page (or the CSV export) with consent checked and every client shown audited."""
+        count, rows = super().get_list(page, sort_column, sort_desc, search, filters,
+                                       execute=execute, page_size=page_size)
+        if execute and rows:
+            self.disclose(rows)
+        return count, rows
+
+    def disclose(self, rows):
+        """Received referrals whose client the program may no longer see (consent ended)
+        show no name (R-ROI-9); one audit row per client shown, in one INSERT (R-SAFE-1)."""
+        actor = current_actor()
+        program_id = actor.program.id
+        received = {r.subject_id for r in rows if r.from_program_id != program_id}
+        consented = {s.id for s in Subject.visible_to(actor.user, actor.program)
+                     .select(Subject.id).where(Subject.id.in_(received))} if received else set()
+        for row in rows:
+            row.client_hidden = row.from_program_id != program_id and row.subject_id not in consented
+        action = f"list_{self.endpoint}"
+        workflow.record_audit_shown(actor, action, [(r, r.subject_id) for r in rows
+                                                    if not r.client_hidden])
+        workflow.record_audit_shown(actor, action, [(r, r.subject_id) for r in rows if r.client_hidden],
+                                    outcome="denied", detail="consent ended")
 
     def get_one(self, id):
         """Flask-Admin detail and edit are off; the referral page is /referrals/<id>."""
@@ -465,6 +500,8 @@ class ReferralPages(SecureBaseView):
                                existing=existing if mine else None), 409
         roi = workflow.roi_for_referral(subject, actor.program, to_program)
         if roi is None:
+            audit_denial(actor, "start_referral", subject=subject,
+                         detail=f"no valid ROI naming program {to_program.id}")
             flash("There is no signed, valid ROI naming this program for this client. "
                   "Complete an ROI first.", "error")
             return redirect(url_for(".chart", subject_id=subject.id))
@@ -502,6 +539,8 @@ class ReferralPages(SecureBaseView):
         answers = {k[2:]: _text(v) for k, v in form.data.items() if k.startswith("q_")}
         marks = completeness(personal, answers, roi, to_program)
         sections = offered_sections(roi, to_program)
+        with transaction():
+            record_audit(current_actor(), "view_referral_form", referral, subject=subject)
         return self.render("referrals/form.html", form=form, subject=subject, program=to_program,
                            referral=referral, roi=roi, marks=marks, sections=sections,
                            personal_fields=offered_personal(roi), personal_title=PERSONAL_TITLE,

@@ -104,6 +104,9 @@ class SubjectsView(SecureBaseView):
             with workflow.transaction():
                 workflow.record_audit(actor, "search_subjects",
                                       detail=f"{len(rows)} shown, {len(others)} masked")
+            workflow.record_audit_shown(actor, "search_subjects", [(s, s.id) for s in rows])
+            workflow.record_audit_shown(actor, "search_subjects", [(None, m["id"]) for m in others],
+                                        detail="masked")
         link_form = LinkSubjectForm()
         return self.render("subjects/search.html", form=form, rows=rows, others=others,
                            searched=searched, link_form=link_form, **link,
@@ -158,6 +161,8 @@ class SubjectsView(SecureBaseView):
             subject, how = workflow.create_subject(actor, form.values(),
                                                    confirm_new=form.confirm_new.data == "1")
         except workflow.LikelyDuplicates as exc:
+            workflow.record_audit_shown(actor, "show_likely_duplicates",
+                                        [(None, c["id"]) for c in exc.candidates], detail="masked")
             return self.render("subjects/duplicates.html", form=form, candidates=exc.candidates,
                                link_form=LinkSubjectForm(), page1=PAGE_1, page2=PAGE_2,
                                message=exc.message)
