@@ -129,3 +129,25 @@ def build_consent_world(network, consented=True):
     workflow.send_referral(who, draft, draft.version, True)
     w.referral = models.Referral.get_by_id(draft.id)
     return w
+
+
+# ---------------------------------------------------------------------------
+# Session cookies (battery item 6)
+# ---------------------------------------------------------------------------
+
+SESSION_COOKIE = "connect_session"
+
+
+def session_cookie(browser):
+    cookie = browser.client.get_cookie(SESSION_COOKIE)
+    return cookie.value if cookie is not None else None
+
+
+def plant_session_cookie(browser, value):
+    """What a thief (or a fixation attacker) does with a cookie value."""
+    browser.client.set_cookie(SESSION_COOKIE, value)
+
+
+def session_contents(app, value):
+    """The signed cookie's contents (the server session id is `_user_id`)."""
+    return app.session_interface.get_signing_serializer(app).loads(value)
