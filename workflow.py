@@ -1177,7 +1177,7 @@ def _tell(user, referral, message, kind, email_subject=None, extra=""):
            email_subject=email_subject, email_body=body)
 
 
-def _answer_info_types(referral):
+def answer_info_types(referral):
     from models import IntakeQuestion
     ids = [int(k) for k in referral.answer_dict() if str(k).isdigit()]
     if not ids:
@@ -1192,7 +1192,7 @@ def _disclosed_answer_types(referral):
     roi = referral.current_consent()
     if roi is None:
         return set()
-    return _answer_info_types(referral) & roi.info_type_set
+    return answer_info_types(referral) & roi.info_type_set
 
 
 def _program_label(program_id):

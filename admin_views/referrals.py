@@ -600,7 +600,7 @@ class ReferralPages(SecureBaseView):
             REFERRAL_PENDING, REFERRAL_DISCARDED)
         roi = referral.current_consent() if receiving else Roi.get_by_id(referral.roi_id)
         consent_ended = receiving and roi is None
-        withheld = sorted(workflow._answer_info_types(referral) - roi.info_type_set) if roi else []
+        withheld = sorted(workflow.answer_info_types(referral) - roi.info_type_set) if roi else []
         with transaction():  # R-ROI-9: every opening is checked and audited
             record_audit(actor, "view_referral", referral, subject=referral.subject_id,
                          outcome="denied" if consent_ended else "ok",
