@@ -163,8 +163,8 @@ def load_user_for_session(session_id):
                        & User.is_active))
     if not rows or now - rows[0].created_at > ABSOLUTE_TIMEOUT:
         return None
-    last_seen = session.get("last_seen")
-    if last_seen is not None and now.timestamp() - last_seen > IDLE_TIMEOUT.total_seconds():
+    last_seen = session.get("last_seen")  # stamped at sign-in (admin_views.auth.start_session)
+    if last_seen is None or now.timestamp() - last_seen > IDLE_TIMEOUT.total_seconds():
         return None
     session["last_seen"] = now.timestamp()
     row = rows[0]

@@ -11,10 +11,9 @@ import datetime as dt
 
 from rapidfuzz.distance import JaroWinkler
 
-from peewee import JOIN, SQL, fn
+from peewee import JOIN
 
-from models import (NO_PHONE, County, Subject, SubjectLink, digits, normalize_address,
-                    normalize_name)
+from models import NO_PHONE, County, Subject, digits, normalize_address, normalize_name
 
 SEARCH_LIMIT = 50
 CANDIDATE_LIMIT = 400
@@ -58,8 +57,7 @@ def search_subjects(name, dob=None, limit=SEARCH_LIMIT, program=None):
         return []
     columns = [Subject, County]  # the county is shown
     if program is not None:
-        columns.append(fn.EXISTS(SubjectLink.select(SQL("1")).where(
-            (SubjectLink.program == program) & (SubjectLink.subject == Subject.id))).alias("linked"))
+        columns.append(Subject.seen_by(program).alias("linked"))
     base = Subject.select(*columns).join(County, JOIN.LEFT_OUTER)
     if dob:
         base = base.where(Subject.dob == dob)

@@ -20,6 +20,7 @@ from peewee import (
     ForeignKeyField,
     IntegerField,
     Model,
+    SQL,
     TextField,
     fn,
 )
@@ -676,14 +677,50 @@ class Subject(TimestampedModel):
         self.address_norm = normalize_address(self.address)
 
     @classmethod
-    def visible_to(cls, user, program):
-        """Subjects whose details the acting program may see (R-SUBJ-6)."""
+    def visible_to(cls, user, program, day=None):
+        """Subjects whose details the acting program may see (R-SUBJ-6): those it added or
+        matched, and those with a signed, valid ROI naming it today — a program linked
+        through an ROI or a referral loses sight of the client when consent ends (R-ROI-9)."""
         if user.is_admin:
             return cls.select()
         if program is None:
             return cls.select().where(cls.id.is_null())
-        linked = SubjectLink.select(SubjectLink.subject).where(SubjectLink.program == program)
-        return cls.select().where(cls.id.in_(linked))
+        own = SubjectLink.select(SubjectLink.subject).where(
+            (SubjectLink.program == program) & SubjectLink.reason.in_(OWN_LINK_REASONS))
+        consented = (Roi.select(Roi.subject).join(RoiProgram)
+                     .where((RoiProgram.program == program) & (Roi.state == ROI_SIGNED)
+                            & (Roi.expires_on >= (day or local_today()))))
+        return cls.select().where(cls.id.in_(own) | cls.id.in_(consented))
+
+    @classmethod
+    def seen_by(cls, program, day=None):
+        """The condition of visible_to tested on each row (a correlated EXISTS per rule):
+        for a few rows found otherwise, such as a name search's (R-SUBJ-6, R-ROI-9)."""
+        own = SubjectLink.select(SQL("1")).where(
+            (SubjectLink.subject == cls.id) & (SubjectLink.program == program)
+            & SubjectLink.reason.in_(OWN_LINK_REASONS))
+        consented = (Roi.select(SQL("1")).join(RoiProgram)
+                     .where((Roi.subject == cls.id) & (RoiProgram.program == program)
+                            & (Roi.state == ROI_SIGNED)
+                            & (Roi.expires_on >= (day or local_today()))))
+        return fn.EXISTS(own) | fn.EXISTS(consented)
+
+    @staticmethod
+    def disclosed_types(subject_id, program, day=None):
+        """Information types `program` may see of a subject: everything for the program that
+        added or matched the subject, else what its valid ROIs cover (empty: consent ended)."""
+        own = SubjectLink.select().where((SubjectLink.subject == subject_id)
+                                         & (SubjectLink.program == program)
+                                         & SubjectLink.reason.in_(OWN_LINK_REASONS)).exists()
+        if own:
+            return set(INFO_TYPES)
+        types = set()
+        for roi in Roi.valid_for(subject_id, program, day):
+            types |= roi.info_type_set
+        return types
+
+
+OWN_LINK_REASONS = ("created", "matched")  # the program's own client, not through an ROI
 
 
 class SubjectLink(BaseModel):
@@ -760,15 +797,17 @@ class Roi(TimestampedModel):
 
     @classmethod
     def visible_to(cls, user, program):
-        """ROIs the acting program may see: those it started, and signed (or once signed)
-        ones that name it (R-ROI-3). Administrators see all."""
+        """ROIs the acting program may see: those it started, and signed, valid ones that name
+        it (R-ROI-3); a revoked or expired ROI no longer shows the client to the programs it
+        named (R-ROI-9). Administrators see all."""
         if user.is_admin and program is None:
             return cls.select()
         if program is None:
             return cls.select().where(cls.id.is_null())
         named = RoiProgram.select(RoiProgram.roi).where(RoiProgram.program == program)
         return cls.select().where((cls.program == program)
-                                  | (cls.id.in_(named) & cls.signed_at.is_null(False)))
+                                  | (cls.id.in_(named) & (cls.state == ROI_SIGNED)
+                                     & (cls.expires_on >= local_today())))
 
     @classmethod
     def valid_for(cls, subject, program, day=None):

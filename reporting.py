@@ -746,7 +746,7 @@ def report_rows(halves, scope, user, program, limit=None):
         Referral.id, Referral.sent_at, Referral.state, Referral.status, Referral.acknowledged_at,
         Referral.outcome_at, Referral.delayed_at, Referral.from_program, Referral.to_program,
         from_a.name, from_p.name, to_a.name, to_p.name, first, last,
-        Roi.state, Roi.expires_on, Roi.info_types, scope.received())
+        Roi.state, Roi.expires_on, Roi.info_types, scope.received(), Referral.subject)
         .join(from_p, on=(Referral.from_program == from_p.id))
         .switch(Referral).join(to_p, on=(Referral.to_program == to_p.id))
         .switch(Referral).join(from_a, on=(Referral.from_agency == from_a.id))
@@ -760,7 +760,7 @@ def report_rows(halves, scope, user, program, limit=None):
     program_id = program.id if program is not None else None
     for (rid, sent_at, state, status, acked, outcome_at, delayed_at, from_id, to_id, from_agency,
          from_program, to_agency, to_program, first_name, last_name, roi_state, roi_expires,
-         roi_types, received) in query:
+         roi_types, received, subject_id) in query:
         client = ""
         if first_name is not None:
             consent_ok = (roi_state == ROI_SIGNED and roi_expires is not None
@@ -774,6 +774,7 @@ def report_rows(halves, scope, user, program, limit=None):
             "direction": "Received" if received else "Sent",
             "from_agency": from_agency, "from_program": from_program,
             "to_agency": to_agency, "to_program": to_program, "client": client,
+            "subject_id": subject_id if client else None,
             "state": REFERRAL_STATE_LABELS.get(state, state), "status": status or "",
             "acknowledged": to_local_date(acked) if acked else None,
             "ack_days": days(ack_s), "outcome": to_local_date(outcome_at) if outcome_at else None,

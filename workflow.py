@@ -60,6 +60,7 @@ def _clean_log_value(value):
 
 def _audit_row(actor, action, obj=None, subject=None, outcome="ok", detail="", user=None,
                email=""):
+    """The fields of one audit row: who, acting program, what, where from, outcome."""
     user = user if user is not None else (actor.user if actor else None)
     subject_id = subject if isinstance(subject, int) or subject is None else subject.id
     return dict(
@@ -80,15 +81,15 @@ def _audit_row(actor, action, obj=None, subject=None, outcome="ok", detail="", u
 def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
                  user=None, email=""):
     """Append one audit row (R-SAFE-1). Called inside the change's transaction."""
-    AuditEvent.insert(_audit_row(actor, action, obj, subject, outcome, detail, user,
-                                 email)).execute()
+    AuditEvent.create(**_audit_row(actor, action, obj, subject, outcome, detail, user, email))
 
 
-def record_list_audit(actor, action, subject_ids, detail=""):
-    """A list, search or report showed these subjects: one audit row per subject
-    (R-SAFE-1), written by one multi-row INSERT in its own short transaction."""
-    rows = [_audit_row(actor, action, subject=subject_id, detail=detail)
-            for subject_id in dict.fromkeys(subject_ids)]
+def record_audit_shown(actor, action, shown, outcome="ok", detail=""):
+    """One audit row per (object, subject) a page shows, in ONE INSERT: a list of 25
+    clients is 25 rows but a single audit query (R-SAFE-1). An item may carry its own
+    detail as a third element."""
+    rows = [_audit_row(actor, action, item[0], item[1], outcome,
+                       item[2] if len(item) > 2 else detail) for item in shown]
     if rows:
         with transaction():
             AuditEvent.insert_many(rows).execute()
@@ -806,14 +807,10 @@ def confirm_roi_code(actor, roi, code):
     _own_roi(actor, roi, (ROI_AWAITING,))
     if roi.signature_method != SIGN_TEXT:
         raise RuleViolation("This ROI is not waiting for a text-message code.", 409)
-    if roi.text_state == "locked" or roi.text_failed_attempts >= TEXT_MAX_WRONG_CODES:
-        raise RuleViolation("Too many wrong codes were entered: the text signature of this ROI "
-                            "is locked. Use E-Sign or Upload, or start a new ROI.", 409)
-    if roi.text_state != "replied" or not roi.text_code_hash:
-        raise RuleViolation("The client has not replied YES yet, so no code was sent.", 409)
-    if utcnow() > roi.text_code_first_sent_at + TEXT_CODE_VALID:
-        raise RuleViolation("The security code expired 12 hours after it was first sent. "
-                            "Start new ROI(s) to ask the client again.", 409)
+    refused = _code_refused(roi)
+    if refused:  # every refused code is audited, not only wrong ones (R-SAFE-1)
+        audit_denial(actor, "confirm_roi_code", detail=refused, subject=roi.subject_id)
+        raise RuleViolation(refused, 409)
     code = "".join((code or "").split())
     if len(code) == 6 and code.isdigit() and verify_password(roi.text_code_hash, code):
         with transaction():
@@ -832,6 +829,19 @@ def confirm_roi_code(actor, roi, code):
         raise RuleViolation("Wrong code, five times: the text signature of this ROI is now "
                             "locked. Use E-Sign or Upload, or start a new ROI.", 409)
     raise RuleViolation(f"That code is not right. {left} tries left.", 422)
+
+
+def _code_refused(roi):
+    """Why no code can be confirmed for this ROI now (locked, no reply, expired), or ""."""
+    if roi.text_state == "locked" or roi.text_failed_attempts >= TEXT_MAX_WRONG_CODES:
+        return ("Too many wrong codes were entered: the text signature of this ROI is locked. "
+                "Use E-Sign or Upload, or start a new ROI.")
+    if roi.text_state != "replied" or not roi.text_code_hash:
+        return "The client has not replied YES yet, so no code was sent."
+    if utcnow() > roi.text_code_first_sent_at + TEXT_CODE_VALID:
+        return ("The security code expired 12 hours after it was first sent. "
+                "Start new ROI(s) to ask the client again.")
+    return ""
 
 
 def mark_roi_on_paper(actor, roi):
@@ -1163,19 +1173,28 @@ def _tell(user, referral, message, kind, email_subject=None, extra=""):
         body = f"{message}\n\nOpen it in CONNECT (sign-in required):\n{_base_url()}{link}\n"
         if extra:
             body += f"\n{extra}\n"
-        if INFO_SUBSTANCE_USE in _answer_info_types(referral):
+        if INFO_SUBSTANCE_USE in _disclosed_answer_types(referral):
             body += f"\n{REDISCLOSURE_NOTICE}\n"
     notify(user, message, kind, link=link, program=referral.to_program_id,
            email_subject=email_subject, email_body=body)
 
 
-def _answer_info_types(referral):
+def answer_info_types(referral):
     from models import IntakeQuestion
     ids = [int(k) for k in referral.answer_dict() if str(k).isdigit()]
     if not ids:
         return set()
     return {q.info_type for q in IntakeQuestion.select(IntakeQuestion.info_type)
             .where(IntakeQuestion.id.in_(ids))}
+
+
+def _disclosed_answer_types(referral):
+    """Information types of the referral's answers that its current consent still covers:
+    the Part 2 notice itself says the client has substance-use records (R-ROI-4)."""
+    roi = referral.current_consent()
+    if roi is None:
+        return set()
+    return answer_info_types(referral) & roi.info_type_set
 
 
 def _program_label(program_id):

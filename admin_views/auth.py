@@ -23,9 +23,19 @@ from forms.auth import (
     SignInForm,
     SignMouForm,
 )
-from models import Membership, Notification, Program, User, local_today
+from models import Membership, Notification, Program, User, local_today, utcnow
 
 SIGN_IN_MIN_SECONDS = 0.35  # known and unknown addresses answer in the same time
+
+
+def start_session(user, server_session):
+    """A fresh cookie for a new server session, stamped with its first use: the idle
+    timeout then applies to every cookie, the sign-in answer's own too (R-AUTH-7)."""
+    session.clear()
+    user._session_id = server_session.id
+    login_user(user)
+    session.permanent = True
+    session["last_seen"] = utcnow().timestamp()
 
 
 def safe_next(target, default):
@@ -55,10 +65,7 @@ class AuthView(SecureBaseView):
                 time.sleep(max(0.0, SIGN_IN_MIN_SECONDS - (time.monotonic() - started)))
                 flash(exc.message, "error")
                 return self.render("auth/sign_in.html", form=form), exc.status_code
-            session.clear()  # a new session id at sign-in
-            user._session_id = server_session.id
-            login_user(user)
-            session.permanent = True
+            start_session(user, server_session)  # a new session id at sign-in
             time.sleep(max(0.0, SIGN_IN_MIN_SECONDS - (time.monotonic() - started)))
             return redirect(safe_next(request.args.get("next"), url_for("admin.index")))
         return self.render("auth/sign_in.html", form=form)
@@ -123,10 +130,7 @@ class AuthView(SecureBaseView):
                 return self.render("auth/change_password.html", form=form), 422
             user = current_user._get_current_object()
             program_id = session.get(PROGRAM_SESSION_KEY)
-            session.clear()  # the old session id is revoked: continue in a new one
-            user._session_id = new_session.id
-            login_user(user)
-            session.permanent = True
+            start_session(user, new_session)  # the old one is revoked: continue in a new one
             if program_id:
                 session[PROGRAM_SESSION_KEY] = program_id
             flash("Your password has been changed.", "success")

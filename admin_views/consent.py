@@ -105,6 +105,8 @@ class ConsentView(SecureBaseView):
         programs = list(search_programs(chosen["county"], chosen["service"], chosen["insurance"],
                                         chosen["agency"], exclude=current_actor().program)
                         .limit(RESULT_LIMIT + 1))
+        with workflow.transaction():
+            workflow.record_audit(current_actor(), "view_roi_form", subject=subject)
         return self.render(
             "consent/new.html", subject=subject, programs=programs[:RESULT_LIMIT],
             more=len(programs) > RESULT_LIMIT, chosen=chosen,
@@ -131,6 +133,8 @@ class ConsentView(SecureBaseView):
             response = self._sign(roi, form, request.form.get("method"))
             if response is not None:
                 return response
+        with workflow.transaction():
+            workflow.record_audit(current_actor(), "view_roi_form", roi, subject=roi.subject_id)
         return self.render("consent/complete.html", roi=roi, form=form, subject=roi.subject,
                            programs=roi_programs(roi), acting=current_actor().program,
                            notice=REDISCLOSURE_NOTICE)

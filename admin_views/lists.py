@@ -11,8 +11,8 @@ sorting, actions and export, but a page is ONE select (issue 6):
 - no unbounded COUNT: the header says "N" for small results, "1,000+" above the cap —
   a capped count (COUNT over at most cap+1 index entries) computed by the same select as
   a scalar subquery;
-- the subjects shown are audited with one multi-row INSERT (R-SAFE-1: every read of
-  client data), so with the sign-in gate's single query a page costs 3 statements.
+- `disclose()` audits the clients shown with one multi-row INSERT (R-SAFE-1: every read
+  of client data), so with the sign-in gate's single query a page costs 3 statements.
 """
 
 import datetime as dt
@@ -28,7 +28,7 @@ from wtforms import HiddenField
 
 from admin_views.base import SecureModelView, current_actor
 from models import local_zone
-from workflow import audit_denial, record_list_audit
+from workflow import audit_denial
 
 
 def local_day_start_utc(day):
@@ -317,10 +317,9 @@ class LeanListView(SecureModelView):
             html = html.replace(mark, mark[:-1] + " selected>", 1)
         return Markup(html)
 
-    def audit_rows(self, rows):
-        """Subject ids shown by these rows (R-SAFE-1: one audit row per subject shown);
-        none by default."""
-        return []
+    def disclose(self, rows, exporting=False):
+        """What the page may show of these rows, and their audit rows (R-SAFE-1: one per
+        client shown): nothing to do by default."""
 
     # -- Flask-Admin hooks ---------------------------------------------------------------
     def get_list(self, page, sort_column, sort_desc, search, filters, execute=True,
@@ -340,10 +339,8 @@ class LeanListView(SecureModelView):
                                             else page_size, sort_column, sort_desc, cursor)
         elif page_size and len(rows) > page_size:
             rows = rows[:page_size]
-        subjects = self.audit_rows(rows)
-        if subjects:
-            record_list_audit(current_actor(), "export_list" if exporting else "view_list",
-                              subjects, detail=request.endpoint or self.endpoint)
+        if rows:
+            self.disclose(rows, exporting)
         return None, rows
 
     def _get_list_filter_args(self):

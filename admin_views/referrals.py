@@ -228,9 +228,19 @@ def _sent_to_options():
     return cached_options(("sent_to", program.id), build)
 
 
+CONSENT_ENDED = "Consent ended"
+
+
+def _client_name(model):
+    """The client's name, unless consent for the receiving program has ended (R-ROI-9)."""
+    if getattr(model, "client_hidden", False):
+        return CONSENT_ENDED
+    return f"{model.subject.first_name} {model.subject.last_name}"
+
+
 def _client_link(view, context, model, name):
     return Markup(f'<a href="{url_for("referral.view", referral_id=model.id)}">'
-                  f'{escape(model.subject.first_name)} {escape(model.subject.last_name)}</a>')
+                  f'{escape(_client_name(model))}</a>')
 
 
 def _state_cell(view, context, model, name):
@@ -282,7 +292,7 @@ class ReferralListView(LeanListView):
                          "to_side": _program_cell("to"), "assigned": _person_cell("assigned_to"),
                          "sender": _person_cell("created_by")}
     column_formatters_export = {
-        "client": lambda v, c, m, n: csv_safe(f"{m.subject.first_name} {m.subject.last_name}"),
+        "client": lambda v, c, m, n: csv_safe(_client_name(m)),
         "state": lambda v, c, m, n: m.status or m.state_label,
         "sent_at": _when, "created_at": _when, "from_side": _program_cell("from"),
         "to_side": _program_cell("to"), "assigned": _person_cell("assigned_to"),
@@ -299,7 +309,10 @@ class ReferralListView(LeanListView):
         return "Client name"
 
     def join_page(self, query):
-        return referral_list_query(query)
+        """The rows' joins, and whether the acting program may still see each client
+        (tested on the page's rows only, in the same select)."""
+        seen = Subject.seen_by(current_actor().program).alias("client_seen")
+        return referral_list_query(query).select_extend(seen)
 
     def apply_search(self, query, search):
         query = query.join(Subject, on=(Referral.subject == Subject.id))
@@ -318,8 +331,19 @@ class ReferralListView(LeanListView):
     def get_export_value(self, model, name):
         return csv_safe(super().get_export_value(model, name))
 
-    def audit_rows(self, rows):
-        return [row.subject_id for row in rows]
+    def disclose(self, rows, exporting=False):
+        """Received referrals whose client the program may no longer see (consent ended)
+        show no name (R-ROI-9): the page's select says so per row (`client_seen`). One
+        audit row per client shown, in one INSERT (R-SAFE-1); hidden ones audited denied."""
+        actor = current_actor()
+        for row in rows:
+            row.client_hidden = (row.from_program_id != actor.program.id
+                                 and not getattr(row, "client_seen", True))
+        action = f"{'export' if exporting else 'list'}_{self.endpoint}"
+        workflow.record_audit_shown(actor, action, [(r, r.subject_id) for r in rows
+                                                    if not r.client_hidden])
+        workflow.record_audit_shown(actor, action, [(r, r.subject_id) for r in rows if r.client_hidden],
+                                    outcome="denied", detail="consent ended")
 
     def get_one(self, id):
         """Flask-Admin detail and edit are off; the referral page is /referrals/<id>."""
@@ -462,6 +486,8 @@ class ReferralPages(SecureBaseView):
                                existing=existing if mine else None), 409
         roi = workflow.roi_for_referral(subject, actor.program, to_program)
         if roi is None:
+            audit_denial(actor, "start_referral", subject=subject,
+                         detail=f"no valid ROI naming program {to_program.id}")
             flash("There is no signed, valid ROI naming this program for this client. "
                   "Complete an ROI first.", "error")
             return redirect(url_for(".chart", subject_id=subject.id))
@@ -499,6 +525,8 @@ class ReferralPages(SecureBaseView):
         answers = {k[2:]: _text(v) for k, v in form.data.items() if k.startswith("q_")}
         marks = completeness(personal, answers, roi, to_program)
         sections = offered_sections(roi, to_program)
+        with transaction():
+            record_audit(current_actor(), "view_referral_form", referral, subject=subject)
         return self.render("referrals/form.html", form=form, subject=subject, program=to_program,
                            referral=referral, roi=roi, marks=marks, sections=sections,
                            personal_fields=offered_personal(roi), personal_title=PERSONAL_TITLE,
@@ -558,10 +586,12 @@ class ReferralPages(SecureBaseView):
             REFERRAL_PENDING, REFERRAL_DISCARDED)
         roi = referral.current_consent() if receiving else Roi.get_by_id(referral.roi_id)
         consent_ended = receiving and roi is None
+        withheld = sorted(workflow.answer_info_types(referral) - roi.info_type_set) if roi else []
         with transaction():  # R-ROI-9: every opening is checked and audited
             record_audit(actor, "view_referral", referral, subject=referral.subject_id,
                          outcome="denied" if consent_ended else "ok",
-                         detail="consent ended" if consent_ended else "")
+                         detail="consent ended" if consent_ended else
+                         ("withheld: " + ",".join(withheld) if withheld else ""))
         return self.render("referrals/detail.html", **self._page_context(
             actor, referral, receiving, roi, consent_ended))
 

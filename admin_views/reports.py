@@ -10,15 +10,18 @@ from flask_login import current_user
 import reporting
 from admin_views.base import SecureBaseView, acting_program, current_actor, expose
 from forms.reports import BlankRoiForm, ProgramFilterForm, ReferralReportForm
-from models import Agency, Region, Subject, transaction
+from models import Agency, Referral, Region, Subject, transaction
 from pdf import PdfUnavailable
-from workflow import audit_denial, record_audit
+from workflow import audit_denial, record_audit, record_audit_shown
 
 
-def record_report_run(key, detail="", subject=None):
-    """Audit one report run or download (R-SAFE-1)."""
+def record_report_run(key, detail="", subject=None, rows=()):
+    """Audit one report run or download (R-SAFE-1), and one row per client it names."""
     with transaction():
         record_audit(current_actor(), f"run_report:{key}", subject=subject, detail=detail)
+    record_audit_shown(current_actor(), f"run_report:{key}",
+                       [(Referral(id=row["id"]), row["subject_id"]) for row in rows
+                        if row["subject_id"]])
 
 
 def file_response(body, filename, mimetype):
@@ -135,7 +138,7 @@ class ReportsView(SecureBaseView):
                 user=current_user, program=program, row_limit=None if download else 200)
             record_report_run(kind_key, f"format={download or 'screen'} scope={chosen} "
                               f"period={start}..{end} status={form.status.data or ''} "
-                              f"agencies={form.agencies.data or []}")
+                              f"agencies={form.agencies.data or []}", rows=report.rows)
             if download in ("csv", "pdf"):
                 made = self._download(report, download, form)
                 if made is not None:

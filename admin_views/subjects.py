@@ -100,16 +100,12 @@ class SubjectsView(SecureBaseView):
                 others = [matching.masked(s) for s in found if s.id not in visible_ids]
                 link = dict(zip(("link_first", "link_last"), tokens, strict=True),
                             link_dob=form.dob.data.isoformat())
-            # R-SAFE-1: one audit row per subject shown (the masked hints included); a
-            # search that shows nobody is recorded once.
-            shown = [s.id for s in rows] + [s.id for s in found if s.id not in visible_ids
-                                            and others]
-            if shown:
-                workflow.record_list_audit(actor, "search_subjects", shown,
-                                           detail=f"{len(rows)} shown, {len(others)} masked")
-            else:
-                with workflow.transaction():
-                    workflow.record_audit(actor, "search_subjects", detail="0 shown, 0 masked")
+            # R-SAFE-1: the search itself, then one row per client shown or masked, in
+            # one INSERT.
+            workflow.record_audit_shown(
+                actor, "search_subjects",
+                [(None, None, f"{len(rows)} shown, {len(others)} masked")]
+                + [(s, s.id) for s in rows] + [(None, m["id"], "masked") for m in others])
         link_form = LinkSubjectForm()
         return self.render("subjects/search.html", form=form, rows=rows, others=others,
                            searched=searched, link_form=link_form, **link,
@@ -164,6 +160,8 @@ class SubjectsView(SecureBaseView):
             subject, how = workflow.create_subject(actor, form.values(),
                                                    confirm_new=form.confirm_new.data == "1")
         except workflow.LikelyDuplicates as exc:
+            workflow.record_audit_shown(actor, "show_likely_duplicates",
+                                        [(None, c["id"]) for c in exc.candidates], detail="masked")
             return self.render("subjects/duplicates.html", form=form, candidates=exc.candidates,
                                link_form=LinkSubjectForm(), page1=PAGE_1, page2=PAGE_2,
                                message=exc.message)

@@ -42,7 +42,6 @@ from models import (
     Roi,
     Service,
     Subject,
-    SubjectLink,
     User,
     local_today,
     transaction,
@@ -145,17 +144,8 @@ def ref(kind, key, display=None):
 # ---------------------------------------------------------------------------
 
 def disclosed_types(subject_id, program):
-    """Information types `program` may see of a subject: everything for the program that
-    added or matched the subject, else what its valid ROIs cover (empty: consent ended)."""
-    own = SubjectLink.select().where((SubjectLink.subject == subject_id)
-                                     & (SubjectLink.program == program)
-                                     & SubjectLink.reason.in_(("created", "matched"))).exists()
-    if own:
-        return set(INFO_TYPES)
-    types = set()
-    for roi in Roi.valid_for(subject_id, program):
-        types |= roi.info_type_set
-    return types
+    """Information types `program` may see of a subject (the screens' rule, models.py)."""
+    return Subject.disclosed_types(subject_id, program)
 
 
 # ---------------------------------------------------------------------------

@@ -221,7 +221,9 @@ def test_r_track_1_csv_export_neutralises_formulas(app, browser, network):
 
 def test_lists_make_no_n_plus_1_queries(app, browser, network):
     """Lean lists: the page costs the same number of queries for 2 or 30 rows, and the
-    list itself (page + capped count) at most 3 queries."""
+    list itself 2 statements: the page's select (rows, capped count, the consent check of
+    the received rows, R-ROI-9) and ONE audit INSERT for the 25 clients shown (R-SAFE-1,
+    battery item 15)."""
     def page_queries():
         with count_queries() as counter:
             assert browser.get("/agency/referrals/").status_code == 200
@@ -286,7 +288,8 @@ def _page_queries(browser, url):
 @pytest.mark.parametrize("endpoint", ["/agency/referrals/", "/agency/sent/"])
 def test_list_pages_stay_within_their_query_budget(app, browser, network, endpoint):
     """Issue 6: a list page is 3 statements — the sign-in gate's one select, the page
-    (rows and capped count in one select) and the audit INSERT of the subjects shown —
+    (rows, capped count and each received client's consent (R-ROI-9) in one select) and
+    ONE audit INSERT for every client shown (R-SAFE-1) —
     on page 1, on a later page by number or by cursor, with "Show Filters" open (the
     choices are cached per process), and never one per row."""
     for _ in range(30):
@@ -370,11 +373,11 @@ def test_r_safe_1_list_pages_audit_each_subject_shown(app, browser, network):
                 .order_by(models.AuditEvent.id.desc()).limit(models.AuditEvent.select().count() - before))
     assert {r.subject_id for r in rows} == shown and len(rows) == 3
     assert {(r.action, r.user_id, r.program_id, r.outcome) for r in rows} == {
-        ("view_list", network.gk_b1.id, network.b1.id, "ok")}
-    assert all(r.ip == "127.0.0.1" and r.detail == "incoming.index_view" for r in rows)
+        ("list_incoming", network.gk_b1.id, network.b1.id, "ok")}
+    assert all(r.ip == "127.0.0.1" and r.object_type == "Referral" for r in rows)
     before = models.AuditEvent.select().count()
     browser.get("/agency/referrals/export/csv/").get_data()
-    exported = models.AuditEvent.select().where(models.AuditEvent.action == "export_list")
+    exported = models.AuditEvent.select().where(models.AuditEvent.action == "export_incoming")
     assert {r.subject_id for r in exported} == shown
     before = models.AuditEvent.select().count()
     browser.get("/agency/referrals/?search=Nobody-matches-this")

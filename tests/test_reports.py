@@ -186,7 +186,10 @@ def test_r_rpt_7_referral_reports_screen_csv_pdf(referrals, browser, kind):
     body = "\n".join(pdf_text(page) for page in reader.pages)
     assert reporting.REPORTS[kind].title in body and "Page 1 of" in body
     audits = models.AuditEvent.select().where(models.AuditEvent.action == f"run_report:{kind}")
-    assert audits.count() == 3
+    assert audits.where(models.AuditEvent.subject.is_null()).count() == 3
+    # R-SAFE-1 (battery item 15): and one row per client named, on each of the three.
+    named = [row for row in rows[1:] if row[7] != "Not shown"]
+    assert audits.where(models.AuditEvent.subject.is_null(False)).count() == 3 * len(named)
 
 
 def test_r_rpt_3_figures_on_screen(referrals, browser):

@@ -4,6 +4,8 @@ authorization matrix (battery items 1, 2, 7)."""
 
 import datetime as dt
 
+import pytest
+
 import models
 import workflow
 from tests.conftest import (Browser, actor, make_agency, make_program, make_roi, make_subject,
@@ -77,3 +79,75 @@ def signed_in_browsers(app, w):
         browsers[name] = b
     models.User.update(is_active=False).where(models.User.id == w.deactivated.id).execute()
     return browsers
+
+
+# ---------------------------------------------------------------------------
+# The consent scene (battery item 11): a client of A1 with a signed ROI naming B1 whose
+# last valid day is today, and a referral to B1 carrying substance-use and HIV answers.
+# ---------------------------------------------------------------------------
+
+CONSENT_PERSON = {"first_name": "Consentia", "last_name": "Hiddenname",
+                  "dob": dt.date(1961, 7, 23), "address": "77 Secretive Lane",
+                  "phone": "+14065550142"}
+SU_ANSWER = "Opioid-use-answer-XQ"
+HIV_ANSWER = "HIV-status-answer-ZK"
+ALL_TYPES = ("contact", "demographics", "substance_use", "hiv")
+
+
+def add_sensitive_intake(program):
+    """B1's intake: a contact question, a substance-use one and an HIV one (free text)."""
+    section = models.IntakeSection.create(program=program, title="Intake", position=1)
+    ask = dict(section=section, kind="text")
+    return (models.IntakeQuestion.create(label="Best time to call", info_type="contact", position=1, **ask),
+            models.IntakeQuestion.create(label="Current substance use", info_type="substance_use",
+                                         position=2, **ask),
+            models.IntakeQuestion.create(label="HIV status", info_type="hiv", position=3, **ask))
+
+
+def build_consent_world(network, consented=True):
+    """The client, ROI (signed a calendar year ago: today is its last valid day, in the
+    deployment's TIMEZONE) and the referral to B1, sent and not yet assigned. Without
+    consent: the client of A1 only (no ROI, no referral)."""
+    w = network
+    w.person = make_subject(program=w.a1, user=w.gk_a1, **CONSENT_PERSON)
+    call, su, hiv = add_sensitive_intake(w.b1)
+    w.roi, w.rois, w.referral = None, [], None
+    if not consented:
+        return w
+    today = models.local_today()
+    if (today.month, today.day) == (2, 29):
+        pytest.skip("no ROI has 29 February as its last valid day")
+    signed_on = today.replace(year=today.year - 1)
+    w.roi = make_roi(w.person, w.a1, others=(w.b1,), info_types=ALL_TYPES, user=w.gk_a1,
+                     signed_on=signed_on)
+    assert w.roi.expires_on == today
+    w.rois = [w.roi]
+    personal = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in CONSENT_PERSON.items()}
+    who = actor(w.gk_a1, w.a1)
+    draft = workflow.save_referral_draft(who, w.person, w.b1, personal, {
+        str(call.id): "Mornings", str(su.id): SU_ANSWER, str(hiv.id): HIV_ANSWER})
+    workflow.send_referral(who, draft, draft.version, True)
+    w.referral = models.Referral.get_by_id(draft.id)
+    return w
+
+
+# ---------------------------------------------------------------------------
+# Session cookies (battery item 6)
+# ---------------------------------------------------------------------------
+
+SESSION_COOKIE = "connect_session"
+
+
+def session_cookie(browser):
+    cookie = browser.client.get_cookie(SESSION_COOKIE)
+    return cookie.value if cookie is not None else None
+
+
+def plant_session_cookie(browser, value):
+    """What a thief (or a fixation attacker) does with a cookie value."""
+    browser.client.set_cookie(SESSION_COOKIE, value)
+
+
+def session_contents(app, value):
+    """The signed cookie's contents (the server session id is `_user_id`)."""
+    return app.session_interface.get_signing_serializer(app).loads(value)
