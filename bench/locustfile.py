@@ -241,7 +241,7 @@ class Staff(HttpUser):
             elif r.status_code == 302:
                 r.success()
             else:
-                r.failure(f"{r.status_code}")
+                r.failure(f"{r.status_code} {r.error or ''}".strip())
             return r
 
     def post(self, url, name, data, files=None, expect=(302,)):
@@ -250,7 +250,7 @@ class Staff(HttpUser):
             if r.status_code in expect:
                 r.success()
             else:
-                r.failure(f"{r.status_code}")
+                r.failure(f"{r.status_code} {r.error or ''}".strip())
             return r
 
     def follow(self, response, name, audit=None):
