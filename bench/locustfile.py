@@ -48,7 +48,7 @@ STAYING_OPEN = ("Enrolled in Services", "On Waiting List")
 NOTE_TEXTS = ("Left a voicemail", "Spoke with the client; intake scheduled",
               "Appointment confirmed for next week", "No answer; will try again tomorrow")
 
-RECORD = {"samples": [], "audited_reads": {}, "outcomes": {}, "errors": {}}
+RECORD = {"samples": [], "audited_reads": {}, "shown": {}, "outcomes": {}, "errors": {}}
 _started = [None]
 _next_account = count()
 
@@ -89,8 +89,15 @@ def _quit(**_kw):
         json.dump(RECORD, handle)
 
 
-def _tally(table, key):
-    RECORD[table][key] = RECORD[table].get(key, 0) + 1
+def _tally(table, key, n=1):
+    RECORD[table][key] = RECORD[table].get(key, 0) + n
+
+
+def rows_shown(page):
+    """Rows of a referral list (one client each): those with a referral number cell."""
+    body = re.search(r"<tbody>(.*?)</tbody>", page, re.S)
+    rows = re.split(r"<tr[\s>]", body.group(1))[1:] if body else []
+    return sum(1 for row in rows if re.search(r"<td>\d+</td>", row))
 
 
 # ---------------------------------------------------------------------------
@@ -283,6 +290,8 @@ class Staff(HttpUser):
         r = self.get(f"/subjects/?q={name[:self.rng.choice((3, 4, len(name)))]}", "search subjects",
                      "search_subjects")
         found = SUBJECT_LINK.findall(r.text)
+        if r.status_code == 200:
+            _tally("shown", "search_subjects", len(found))
         if found:
             self.subjects = (self.subjects + found)[-200:]
 
@@ -314,11 +323,15 @@ class Staff(HttpUser):
     @task(6)
     def queue(self):
         r = self.get("/agency/referrals/", "incoming queue")
+        if r.status_code == 200:
+            _tally("shown", "list_incoming", rows_shown(r.text))
         self.referrals = {int(i): state for i, state in REFERRAL_ROW.findall(r.text)}
 
     @task(2)
     def sent_list(self):
-        self.get("/agency/sent/", "sent list")
+        r = self.get("/agency/sent/", "sent list")
+        if r.status_code == 200:
+            _tally("shown", "list_sent", rows_shown(r.text))
 
     @task(8)
     def referral(self):
@@ -338,7 +351,7 @@ class Staff(HttpUser):
         subject, to = self.starts.pop(self.rng.randrange(len(self.starts)))
         # 409: an open referral exists already (R-SEND-5), said on the page.
         r = self.get(f"/referrals/new?subject={subject}&to={to}", "referral form",
-                     expected={409: "referral form: one open referral already (409)"})
+                     "view_referral_form", expected={409: "referral form: one open referral already (409)"})
         forms = [f for f in forms_of(r.text) if ("action", "send") in f["buttons"]]
         if r.status_code != 200 or not forms:
             return
@@ -421,7 +434,7 @@ class Staff(HttpUser):
         subject = self.a_subject()
         if subject is None:
             return
-        page = self.get(f"/consent/new?subject={subject}", "start ROI page")
+        page = self.get(f"/consent/new?subject={subject}", "start ROI page", "view_roi_form")
         forms = forms_of(page.text, "/consent/new")
         if not forms or not forms[0]["checkboxes"].get("program"):
             return
@@ -432,7 +445,7 @@ class Staff(HttpUser):
         if not location.endswith("/complete"):
             self.follow(r, "subjects")
             return
-        page = self.get(location, "complete ROI page")
+        page = self.get(location, "complete ROI page", "view_roi_form")
         forms = [f for f in forms_of(page.text) if f["method"] == "post" and "info_types" in f["checkboxes"]]
         if not forms:
             return
