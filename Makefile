@@ -7,7 +7,7 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 DEBIAN_PACKAGES := wkhtmltopdf chromium poppler-utils fonts-dejavu-core xvfb
 
-.PHONY: run test deps system-deps bench clean
+.PHONY: run test deps system-deps bench soak clean
 
 $(VENV)/.installed: requirements.txt
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,15 @@ bench: deps
 	  if [ "$$(id -u)" = "0" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
 	  else echo "The load run needs wrk: sudo apt-get install wrk"; fi; }
 	$(PY) -m bench.run
+
+# Load and soak (issue 7, items 14 and 17): locust (requirements-soak.txt, not needed by
+# `make test`) drives gunicorn for SOAK_MINUTES (10) with SOAK_USERS (50); backup drill halfway.
+$(VENV)/.soak-installed: $(VENV)/.installed requirements-soak.txt
+	$(VENV)/bin/pip install --quiet -r requirements-soak.txt
+	touch $@
+
+soak: deps $(VENV)/.soak-installed
+	$(PY) -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -238,4 +238,17 @@ def write_results(report, path):
     notes = path.parent / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip(), ""]
+    soak = _soak_section(path)  # written by `make soak` (bench/soak.py): kept as it is
+    if soak:
+        lines += [soak, ""]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _soak_section(path):
+    from bench.soak import SECTION
+    text = path.read_text() if path.exists() else ""
+    start = text.find("\n" + SECTION + "\n")
+    if start < 0:
+        return ""
+    end = text.find("\n## ", start + 1)
+    return text[start + 1:end if end > 0 else len(text)].rstrip()
