@@ -680,11 +680,23 @@ class Subject(TimestampedModel):
     def visible_to(cls, user, program, day=None):
         """Subjects whose details the acting program may see (R-SUBJ-6): those it added or
         matched, and those with a signed, valid ROI naming it today — a program linked
-        through an ROI or a referral loses sight of the client when consent ends (R-ROI-9)."""
+        through an ROI or a referral loses sight of the client when consent ends (R-ROI-9).
+        Tested row by row (`seen_by`): instant for the profile, chart and referral lookups
+        by id, where `id IN (every client of the program)` made SQLite build that whole
+        set for a statewide hub (issue 6). For a scan of every visible client use
+        visible_set."""
         if user.is_admin:
             return cls.select()
         if program is None:
             return cls.select().where(cls.id.is_null())
+        return cls.select().where(cls.seen_by(program, day))
+
+    @classmethod
+    def visible_set(cls, user, program, day=None):
+        """visible_to for a scan of all the program's visible clients (FHIR Patient search):
+        the program's own links and its valid ROIs drive the lookup."""
+        if user.is_admin or program is None:
+            return cls.visible_to(user, program, day)
         own = SubjectLink.select(SubjectLink.subject).where(
             (SubjectLink.program == program) & SubjectLink.reason.in_(OWN_LINK_REASONS))
         consented = (Roi.select(Roi.subject).join(RoiProgram)

@@ -87,8 +87,9 @@ def record_audit(actor, action, obj=None, subject=None, outcome="ok", detail="",
 def record_audit_shown(actor, action, shown, outcome="ok", detail=""):
     """One audit row per (object, subject) a page shows, in ONE INSERT: a list of 25
     clients is 25 rows but a single audit query (R-SAFE-1). An item may carry its own
-    detail as a third element."""
-    rows = [_audit_row(actor, action, item[0], item[1], outcome,
+    detail and outcome: (object, subject, detail, outcome)."""
+    rows = [_audit_row(actor, action, item[0], item[1],
+                       item[3] if len(item) > 3 else outcome,
                        item[2] if len(item) > 2 else detail) for item in shown]
     if rows:
         with transaction():

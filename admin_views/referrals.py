@@ -334,16 +334,15 @@ class ReferralListView(LeanListView):
     def disclose(self, rows, exporting=False):
         """Received referrals whose client the program may no longer see (consent ended)
         show no name (R-ROI-9): the page's select says so per row (`client_seen`). One
-        audit row per client shown, in one INSERT (R-SAFE-1); hidden ones audited denied."""
+        audit row per row, in one INSERT (R-SAFE-1): hidden ones audited as denied."""
         actor = current_actor()
         for row in rows:
             row.client_hidden = (row.from_program_id != actor.program.id
                                  and not getattr(row, "client_seen", True))
         action = f"{'export' if exporting else 'list'}_{self.endpoint}"
-        workflow.record_audit_shown(actor, action, [(r, r.subject_id) for r in rows
-                                                    if not r.client_hidden])
-        workflow.record_audit_shown(actor, action, [(r, r.subject_id) for r in rows if r.client_hidden],
-                                    outcome="denied", detail="consent ended")
+        workflow.record_audit_shown(actor, action, [
+            (r, r.subject_id, "consent ended", "denied") if r.client_hidden else (r, r.subject_id)
+            for r in rows])
 
     def get_one(self, id):
         """Flask-Admin detail and edit are off; the referral page is /referrals/<id>."""

@@ -397,7 +397,7 @@ def directory_programs(actor):
 def base_query(actor, kind):
     user, program = actor.user, actor.program
     if kind == "Patient":
-        return Subject.visible_to(user, program), Subject, Subject.updated_at
+        return Subject.visible_set(user, program), Subject, Subject.updated_at
     if kind == "Consent":
         return Roi.visible_to(user, program), Roi, Roi.updated_at
     if kind in ("Task", "ServiceRequest"):

@@ -108,6 +108,9 @@ class Dialect:
     def least(self, a, b):
         return f"min({a}, {b})" if self.sqlite else f"LEAST({a}, {b})"
 
+    def greatest(self, a, b):
+        return f"max({a}, {b})" if self.sqlite else f"GREATEST({a}, {b})"
+
     def insert_ignore(self, table, columns, select, prefix=""):
         if self.sqlite:
             return f"{prefix}INSERT OR IGNORE INTO {table} ({columns}) {select}"
@@ -136,6 +139,9 @@ class Dialect:
 def q(text):
     """A SQL string literal."""
     return "'" + str(text).replace("'", "''") + "'"
+
+
+ROI_RENEWAL_DAYS = 500  # generated ROIs are signed within this many days before now
 
 
 def _execute(sql):
@@ -427,11 +433,16 @@ def generate_scale(programs=2000, subjects=1_000_000, referrals=3_000_000, seed=
     finish("subjects", t0)
 
     # --- ROIs: one signed ROI per client, naming the home program --------------------
+    # Signed (or last renewed) within the past 500 days, never before the client was
+    # added: about a third have lapsed, and those clients are hidden from the programs
+    # that reached them through the ROI (R-ROI-9), as in a network where clients re-sign
+    # yearly.
     t0 = time.monotonic()
     for lo, hi in _chunks(n_subj):
         prefix, source = sql.series(lo, hi)
         j = "s.j"
-        signed = f"({subj_created(j)} + 600)"
+        signed = sql.greatest(f"({subj_created(j)} + 600)",
+                              f"({now_s} - {sql.h(j, 41)} % {ROI_RENEWAL_DAYS * 86400})")
         values = {
             "id": f"{r0} + {j}", "subject_id": f"{s0} + {j}", "program_id": f"{p0} + {home(j)}",
             "created_by_id": f"{u0} + {home(j)} * {USERS_PER_PROGRAM}",

@@ -231,13 +231,16 @@ def screen_context(app, summary):
         u0 = summary["first_user_id"]
         gk = u0  # slot 0 of program index 0
         provider = u0 + generate.PROVIDER_SLOTS[0]
+        # A client and a closed referral the busiest program may still see (valid ROI).
+        consented = models.Referral.roi.in_(models.Roi.select(models.Roi.id).where(
+            models.Roi.expires_on >= models.local_today()))
         subject = models.Subject.get_by_id(
             models.Referral.select(models.Referral.subject).where(
-                models.Referral.to_program == busiest).order_by(models.Referral.id.desc())
-            .first().subject_id)
+                (models.Referral.to_program == busiest) & consented)
+            .order_by(models.Referral.id.desc()).first().subject_id)
         referral = (models.Referral.select().where(
             (models.Referral.to_program == busiest)
-            & (models.Referral.state == models.REFERRAL_CLOSED))
+            & (models.Referral.state == models.REFERRAL_CLOSED) & consented)
             .order_by(models.Referral.id.desc()).first())
         program = models.Program.get_by_id(busiest)
         county = models.ProgramCounty.select().where(
