@@ -169,8 +169,8 @@ class LeanListView(SecureModelView):
             ids = ids.where(key_side[0] < key_side[1] if older else key_side[0] > key_side[1])
             if not forward:
                 order = [c.node.desc() if c.direction == "ASC" else c.node.asc() for c in order]
-        elif page_size:
-            page = max(0, min(int(page or 0), self.max_page))
+        elif page_size and page:  # page 1 has no OFFSET (PostgreSQL plans it better)
+            page = max(0, min(int(page), self.max_page))
             ids = ids.offset(page * page_size)
         ids = ids.order_by(*order)
         if page_size:

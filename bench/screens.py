@@ -48,7 +48,7 @@ OPEN = "('pending', 'sent', 'assigned')"
 
 
 def _page_sql(where, order, keyset=False):
-    """One page of a referral list: the ids by index (LIMIT/OFFSET, or after a keyset
+    """One page of a referral list: the ids by index (the first page, or after a keyset
     cursor: the row value of the previous page's last row), then their joins — the
     fastest hand-written form of the rows the lists show."""
     column = order.split()[0]
@@ -56,7 +56,7 @@ def _page_sql(where, order, keyset=False):
     return (
         "SELECT r.*, s.first_name, s.last_name, fp.name, tp.name, fa.name, ta.name, "
         "ua.name, us.name FROM (SELECT id FROM referral WHERE " + where + " ORDER BY "
-        + order + " LIMIT 25" + ("" if keyset else " OFFSET ?") + ") AS page "
+        + order + " LIMIT 25) AS page "
         "JOIN referral r ON r.id = page.id "
         "JOIN subject s ON s.id = r.subject_id JOIN program fp ON fp.id = r.from_program_id "
         "JOIN program tp ON tp.id = r.to_program_id JOIN agency fa ON fa.id = r.from_agency_id "
@@ -70,8 +70,9 @@ def _count_sql(where):
 
 
 def _list_floor(where, order, params, keyset=False):
-    """The capped count, then the page's rows (what a list page shows)."""
-    return Floor([(_count_sql(where), params[:-1] if not keyset else params[:-2]),
+    """The capped count, then the page's rows (what a list page shows); `params` are the
+    WHERE's, then the cursor's two values for a keyset page."""
+    return Floor([(_count_sql(where), params[:-2] if keyset else params),
                   (_page_sql(where, order, keyset), params)])
 
 
@@ -160,10 +161,10 @@ SCREENS = [
            [("bench_gate.index", {})], Floor([("SELECT 1", ())])),
     Screen("Incoming queue, page 1 (open referrals)", "list", "gatekeeper",
            [("incoming.index_view", {})],
-           _list_floor(QUEUE_OPEN, QUEUE_ORDER, ("program_id", 0)), "queue"),
+           _list_floor(QUEUE_OPEN, QUEUE_ORDER, ("program_id",)), "queue"),
     Screen("Incoming queue, Any Status, page 1", "list", "gatekeeper",
            [("incoming.index_view", dict(ANY_QUEUE))],
-           _list_floor(QUEUE_ANY, QUEUE_ORDER, ("program_id", 0)), "queue"),
+           _list_floor(QUEUE_ANY, QUEUE_ORDER, ("program_id",)), "queue"),
     # Page 1000 as the pager reaches it: "Next" carries the last row's (sent_at, id).
     Screen("Incoming queue, Any Status, page 1000", "list", "gatekeeper",
            [("incoming.index_view", dict(ANY_QUEUE, page=999, after="{queue_cursor}"))],
@@ -171,17 +172,17 @@ SCREENS = [
            "queue"),
     Screen("Sent list, page 1 (open referrals)", "list", "gatekeeper",
            [("sent.index_view", {})],
-           _list_floor(SENT_OPEN, SENT_ORDER, ("program_id", 0)), "sent"),
+           _list_floor(SENT_OPEN, SENT_ORDER, ("program_id",)), "sent"),
     Screen("Sent list, Any Status, page 1", "list", "gatekeeper",
            [("sent.index_view", dict(ANY_SENT))],
-           _list_floor(SENT_ANY, SENT_ORDER, ("program_id", 0)), "sent"),
+           _list_floor(SENT_ANY, SENT_ORDER, ("program_id",)), "sent"),
     Screen("Sent list, Any Status, page 1000", "list", "gatekeeper",
            [("sent.index_view", dict(ANY_SENT, page=999, after="{sent_cursor}"))],
            _list_floor(SENT_ANY, SENT_ORDER, ("program_id", "sent_at", "sent_id"), True),
            "sent"),
     Screen("Provider's own list", "list", "provider",
            [("incoming.index_view", {})],
-           _list_floor(PROVIDER, QUEUE_ORDER, ("program_id", "provider_id", 0)), "provider"),
+           _list_floor(PROVIDER, QUEUE_ORDER, ("program_id", "provider_id")), "provider"),
     Screen("Subject search (last name)", "subject", "gatekeeper",
            [("subjects.index", {"q": "{last_name}"}),
             ("subjects.index_view", {"search": "{last_name}"}),

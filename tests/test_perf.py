@@ -38,3 +38,23 @@ def test_worker_app_builds_no_admin_and_a_small_page_cache(tmp_path):
     with database.connection_context():
         assert database.execute_sql("PRAGMA cache_size").fetchone()[0] == -64000
     database.close()
+
+
+def test_worker_tick_without_subscriptions_imports_no_http_client(tmp_path):
+    """Issue 6 (worker peak memory within 60 MB): a worker tick with no FHIR subscription
+    due does not import requests and the FHIR mapping (~6 MB)."""
+    import subprocess
+    import sys
+    code = (
+        "import sys\n"
+        "from app import create_app\n"
+        "import messaging, models\n"
+        f"app = create_app({{'WORKER': True, 'DATABASE_URL': 'sqlite:///{tmp_path / 'w.db'}', "
+        f"'SECRET_KEY': 'k', 'DATA_DIR': '{tmp_path}'}})\n"
+        "with app.app_context(), models.database.connection_context():\n"
+        "    models.migrate()\n"
+        "    messaging.run_due_jobs()\n"
+        "print('requests' in sys.modules, 'api.fhir' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert out.stdout.split()[-2:] == ["False", "False"], out.stderr[-500:]
