@@ -179,7 +179,9 @@ def get_huey(database_url=None, data_dir="data"):
     else:
         from huey import SqliteHuey
         os.makedirs(data_dir, exist_ok=True)
-        _huey = SqliteHuey("connect", filename=os.path.join(data_dir, "huey.db"))
+        # The queue holds a handful of rows: 1 MB of page cache, not huey's default 8 MB
+        # (the worker's peak memory budget, issue 6).
+        _huey = SqliteHuey("connect", filename=os.path.join(data_dir, "huey.db"), cache_mb=1)
     return _huey
 
 
