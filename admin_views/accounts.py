@@ -281,10 +281,14 @@ class AgencyMouView(ReadOnlyView):
 
 def _masked_body(view, context, model, name):
     """Link tokens in sent or queued emails stay private; a kept email (no transport)
-    is shown whole, since an administrator then passes it on by hand."""
+    is shown whole, since an administrator then passes it on by hand. The security code
+    of a text-message ROI is never shown: it proves the client's own consent (R-ROI-6),
+    so nobody but the client may read it."""
     import re
     body = model.body if model.state == OUTBOX_KEPT else re.sub(
         r"(/auth/(?:invitation|reset)/)\S+", r"\1[link hidden]", model.body)
+    if model.kind == "roi_text_code":
+        body = re.sub(r"\b\d{6}\b", "[code hidden]", body)
     return Markup(f"<pre class='outbox-body'>{escape(body)}</pre>")
 
 

@@ -322,6 +322,18 @@ def test_outbox_hides_links_unless_kept(admin, network):
     assert link in admin.get(f"/admin/outbox/details/?id={row.id}").get_data(as_text=True)
 
 
+def test_r_roi_6_outbox_never_shows_a_text_message_code(admin, network):
+    """R-ROI-6 (battery item 11): the code texted to the client proves the client's own
+    consent; the administrators' outbox shows the text without it, queued, sent or kept."""
+    import workflow
+    row = workflow.queue_text("+14065550100", "CONNECT: your security code for release R-1 "
+                              "is 482913. Give it to the person helping you.", kind="roi_text_code")
+    for state in (models.OUTBOX_PENDING, models.OUTBOX_SENT, models.OUTBOX_KEPT):
+        models.Outbox.update(state=state).where(models.Outbox.id == row.id).execute()
+        page = admin.get(f"/admin/outbox/details/?id={row.id}").get_data(as_text=True)
+        assert "482913" not in page and "[code hidden]" in page and "release R-1" in page
+
+
 def test_r_safe_1_audit_log_read_only_and_filterable(admin, network):
     """R-SAFE-1: the audit log lists sign-ins and changes, filterable; no create/edit/delete."""
     page = admin.get("/admin/audit/?search=sign_in").get_data(as_text=True)
