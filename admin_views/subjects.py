@@ -204,8 +204,13 @@ class SubjectsView(SecureBaseView):
         today = local_today()
         substance = any(r.covers(INFO_SUBSTANCE_USE) and r.effective_state(today) == ROI_SIGNED
                         for r in rois)
+        # R-ROI-4: a program that sees the client through an ROI sees the information
+        # types that ROI covers; the program that added or matched the client sees all.
+        disclosed = (set(INFO_TYPES) if actor.user.is_admin
+                     else Subject.disclosed_types(subject.id, actor.program))
         return self.render(
             "subjects/profile.html", subject=subject, rois=rois, team=care_team(rois),
+            disclosed=disclosed,
             chart=chart_for(subject, actor), care=care_team_for(subject, actor),
             info_types=INFO_TYPES, substance=substance, notice=REDISCLOSURE_NOTICE, today=today,
             can_start=current_user.can("start_roi", actor.program), revoke_form=RevokeForm(),

@@ -327,3 +327,22 @@ def test_r_safe_1_search_audits_each_subject_shown_in_few_statements(browser, ne
     with count_queries() as counter:  # two words: "first last", then "last first"
         browser.get("/subjects/?q=ann0+quillfeather")
     assert counter.count == 4
+
+
+def test_r_roi_4_profile_shows_only_the_information_types_consented(browser, network):
+    """R-ROI-4, R-SUBJ-6: a program that sees the client through an ROI covering contact
+    information only sees the phone and address but not the date of birth, gender or race
+    (and is told why); the program that added the client sees everything."""
+    from tests.conftest import make_roi
+    subject = make_subject(network.a1, network.gk_a1, first_name="Dora", last_name="Typeson",
+                           dob=dt.date(1961, 7, 30), phone="+14065550177", gender="Woman",
+                           race="Asian")
+    make_roi(subject, network.a1, others=(network.b1,), info_types=("contact",))
+    browser.login(network.gk_b1)
+    page = browser.get(f"/subjects/{subject.id}").get_data(as_text=True)
+    assert "Dora" in page and "(406) 555-0177" in page
+    assert "07/30/1961" not in page and "Asian" not in page and ">Race<" not in page
+    assert "Not shown: Demographics" in page
+    browser.login(network.gk_a1)
+    page = browser.get(f"/subjects/{subject.id}").get_data(as_text=True)
+    assert "07/30/1961" in page and "Asian" in page and "Not shown" not in page
