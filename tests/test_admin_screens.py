@@ -214,9 +214,7 @@ def test_users_list_search_and_filter(admin, network):
     page = admin.get("/admin/users/?search=Pete").get_data(as_text=True)
     assert "Pete Provider" in page and "Gail Gatekeeper" not in page
     assert "Signed" in page
-    filtered = admin.get("/admin/users/?flt0_0=B1")
-    text = filtered.get_data(as_text=True)
-    assert filtered.status_code == 200
+    assert admin.get("/admin/users/?flt0_0=B1").status_code == 200  # a bad value: no 500
 
 
 # ---------------------------------------------------------------------------

@@ -37,8 +37,8 @@ def test_r_roi_2_search_filters(browser, network):
     """R-ROI-2: counties (telemedicine serves all), services, insurance, agencies; only
     programs with a valid Agency MOU."""
     subject = make_subject(network.a1)
-    tele = make_program(network.agency_b, "Tele Counseling", counties=("Missoula",),
-                        services=("Mental health counseling",), telemedicine=True)
+    make_program(network.agency_b, "Tele Counseling", counties=("Missoula",),
+                 services=("Mental health counseling",), telemedicine=True)
     lapsed = make_program(network.agency_b, "Lapsed Program", mou=False)
     gallatin = models.County.get(models.County.name == "Gallatin").id
     counseling = models.Service.get(models.Service.name == "Mental health counseling").id

@@ -34,7 +34,7 @@ from models import REDISCLOSURE_NOTICE
 from tests.conftest import Browser, actor, deliver_outbox, make_roi
 from tests.security.world import HIV_ANSWER, SU_ANSWER, build_consent_world
 from tests.test_fhir import Ehr
-from tests.test_sms import CELL, inbound, last_code
+from tests.test_sms import inbound, last_code
 
 # What can leak, and the text that gives it away.
 NAME, DOB, SU, HIV, NOTICE = "name", "dob", "substance_use", "hiv", "part2_notice"
