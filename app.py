@@ -171,7 +171,7 @@ def load_user_for_session(session_id):
     user = row.user
     user._session_id = row.id
     user._session = row
-    memberships, roles = [], {}
+    memberships = []
     for each in rows:
         membership = getattr(each.user, "gate_membership", None)
         program = getattr(membership, "gate_program", None)
@@ -179,8 +179,7 @@ def load_user_for_session(session_id):
             continue  # no membership, or one in an inactive program
         membership.program = program
         memberships.append(membership)
-        roles.setdefault(membership.program_id, set()).add(membership.role)
-    user.__dict__["_roles_cache"] = roles
+    user.cache_roles(memberships)
     g.connect_memberships = memberships
     g.connect_needs_mou = not row.has_mou
     g.connect_unread = row.unread

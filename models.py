@@ -523,6 +523,16 @@ class User(TimestampedModel):
                     (Membership.user == self) & (Membership.program == program_id))}
         return cache[program_id]
 
+    def cache_roles(self, memberships):
+        """Remember the roles these membership rows give, per program (roles_in then asks
+        no query for them); rows already cached stay as they are."""
+        cache = self.__dict__.setdefault("_roles_cache", {})
+        found = {}
+        for row in memberships:
+            found.setdefault(row.program_id, set()).add(row.role)
+        for program_id, roles in found.items():
+            cache.setdefault(program_id, roles)
+
     def permissions(self, program=None):
         perms = set()
         if self.is_admin:
@@ -697,34 +707,23 @@ class Subject(TimestampedModel):
         the program's own links and its valid ROIs drive the lookup."""
         if user.is_admin or program is None:
             return cls.visible_to(user, program, day)
-        own = SubjectLink.select(SubjectLink.subject).where(
-            (SubjectLink.program == program) & SubjectLink.reason.in_(OWN_LINK_REASONS))
-        consented = (Roi.select(Roi.subject).join(RoiProgram)
-                     .where((RoiProgram.program == program) & (Roi.state == ROI_SIGNED)
-                            & (Roi.expires_on >= (day or local_today()))))
+        own = SubjectLink.owned_by(program).select(SubjectLink.subject)
+        consented = Roi.valid_naming(program, day).select(Roi.subject)
         return cls.select().where(cls.id.in_(own) | cls.id.in_(consented))
 
     @classmethod
     def seen_by(cls, program, day=None):
         """The condition of visible_to tested on each row (a correlated EXISTS per rule):
         for a few rows found otherwise, such as a name search's (R-SUBJ-6, R-ROI-9)."""
-        own = SubjectLink.select(SQL("1")).where(
-            (SubjectLink.subject == cls.id) & (SubjectLink.program == program)
-            & SubjectLink.reason.in_(OWN_LINK_REASONS))
-        consented = (Roi.select(SQL("1")).join(RoiProgram)
-                     .where((Roi.subject == cls.id) & (RoiProgram.program == program)
-                            & (Roi.state == ROI_SIGNED)
-                            & (Roi.expires_on >= (day or local_today()))))
+        own = SubjectLink.owned_by(program).where(SubjectLink.subject == cls.id)
+        consented = Roi.valid_naming(program, day).where(Roi.subject == cls.id)
         return fn.EXISTS(own) | fn.EXISTS(consented)
 
     @staticmethod
     def disclosed_types(subject_id, program, day=None):
         """Information types `program` may see of a subject: everything for the program that
         added or matched the subject, else what its valid ROIs cover (empty: consent ended)."""
-        own = SubjectLink.select().where((SubjectLink.subject == subject_id)
-                                         & (SubjectLink.program == program)
-                                         & SubjectLink.reason.in_(OWN_LINK_REASONS)).exists()
-        if own:
+        if SubjectLink.owned_by(program).where(SubjectLink.subject == subject_id).exists():
             return set(INFO_TYPES)
         types = set()
         for roi in Roi.valid_for(subject_id, program, day):
@@ -744,6 +743,12 @@ class SubjectLink(BaseModel):
 
     class Meta:
         indexes = ((("program", "subject"), True), (("subject", "program"), False))
+
+    @classmethod
+    def owned_by(cls, program):
+        """Links of the clients `program` added or matched itself (not through an ROI)."""
+        return cls.select(SQL("1")).where((cls.program == program)
+                                          & cls.reason.in_(OWN_LINK_REASONS))
 
 
 # ---------------------------------------------------------------------------
@@ -822,12 +827,16 @@ class Roi(TimestampedModel):
                                      & (cls.expires_on >= local_today())))
 
     @classmethod
+    def valid_naming(cls, program, day=None):
+        """Signed, unexpired, unrevoked ROIs that name `program` (R-ROI-1), any client."""
+        return (cls.select(SQL("1")).join(RoiProgram)
+                .where((RoiProgram.program == program) & (cls.state == ROI_SIGNED)
+                       & (cls.expires_on >= (day or local_today()))))
+
+    @classmethod
     def valid_for(cls, subject, program, day=None):
         """Signed, unexpired, unrevoked ROIs of `subject` that name `program` (R-ROI-1)."""
-        day = day or local_today()
-        return (cls.select().join(RoiProgram)
-                .where((cls.subject == subject) & (RoiProgram.program == program)
-                       & (cls.state == ROI_SIGNED) & (cls.expires_on >= day))
+        return (cls.valid_naming(program, day).select(cls).where(cls.subject == subject)
                 .order_by(cls.expires_on.desc()))
 
 

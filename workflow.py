@@ -10,6 +10,7 @@ import datetime as dt
 import json
 
 from models import (
+    API_EMAIL_DOMAIN,
     AuditEvent,
     Membership,
     Notification,
@@ -116,7 +117,7 @@ def notify(user, message, kind, link="", program=None, email_subject=None, email
     """A bell notification, and an email when a subject line is given."""
     Notification.create(user=user, program=program, kind=kind, message=message[:500],
                         link=link)
-    if email_subject and not user.email.endswith("@api.connect.invalid"):  # API clients poll
+    if email_subject and not user.email.endswith(API_EMAIL_DOMAIN):  # API clients poll
         queue_email(user.email, email_subject, email_body or message, kind=kind)
 
 

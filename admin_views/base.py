@@ -37,12 +37,7 @@ def active_memberships():
             rows = list(Membership.select(Membership.role, Membership.program, Program, Agency)
                         .join(Program).join(Agency)
                         .where((Membership.user == current_user.id) & Program.active))
-            roles = {}
-            for row in rows:
-                roles.setdefault(row.program_id, set()).add(row.role)
-            cache = current_user.__dict__.setdefault("_roles_cache", {})
-            for program_id, found in roles.items():
-                cache.setdefault(program_id, found)
+            current_user.cache_roles(rows)
         g.connect_memberships = rows
     return g.connect_memberships
 
