@@ -21,7 +21,6 @@ import random
 import re
 import sys
 import time
-import zlib
 from html.parser import HTMLParser
 from itertools import count
 
@@ -29,6 +28,7 @@ from locust import HttpUser, between, events, task
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.names import LAST_NAMES  # noqa: E402
+from tests.pdfs import scanned_pdf  # noqa: E402  (the suite's scanned-style page)
 
 PASSWORD = "Connect-Demo-2026!"
 # (sign-in, acting program): gatekeepers and providers of the five demo programs.
@@ -181,38 +181,7 @@ def submission(form, **choices):
     return data
 
 
-# ---------------------------------------------------------------------------
 # A signed scan to upload: a real one-page PDF with a grey image, as a scanner makes.
-# ---------------------------------------------------------------------------
-
-def scanned_pdf():
-    width, height = 300, 120
-    pixels = bytes((x * 255 // width) for _ in range(height) for x in range(width))
-    image = zlib.compress(pixels)
-    content = b"q 500 0 0 200 50 500 cm /Im1 Do Q"
-    bodies = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /XObject "
-        b"<< /Im1 4 0 R >> >> /Contents 5 0 R >>",
-        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceGray "
-        b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n" % (width, height, len(image))
-        + image + b"\nendstream",
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-    ]
-    out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(bodies, 1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(bodies) + 1)
-    for offset in offsets:
-        out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(bodies) + 1, xref)
-    return bytes(out)
-
-
 SCAN = scanned_pdf()
 
 

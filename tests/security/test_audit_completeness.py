@@ -15,11 +15,11 @@ import io
 import re
 
 import pytest
-from pypdf import PdfWriter
 
 import models
 import workflow
 from tests.conftest import Browser, actor, make_roi, make_subject
+from tests.pdfs import scanned_pdf
 from tests.referral_helpers import sent
 from tests.test_fhir import Ehr
 from tests.test_subjects import subject_fields
@@ -95,14 +95,6 @@ def test_item_15_r_safe_1_every_route_is_classified(app):
     assert not stale, f"client routes that no longer exist: {stale}"
 
 
-def _pdf():
-    writer = PdfWriter()
-    writer.add_blank_page(width=612, height=792)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
 @pytest.fixture
 def scene(app, network):
     """Clients of A1 (three referred to B1, one with a Pending draft to A2 as well), a
@@ -121,7 +113,7 @@ def scene(app, network):
     w.scan_roi = workflow.start_roi(who, w.s1, [w.a2.id])
     workflow.complete_roi(who, w.scan_roi, ["contact"], "client")
     workflow.mark_roi_on_paper(who, w.scan_roi)
-    workflow.attach_roi_scan(who, models.Roi.get_by_id(w.scan_roi.id), _pdf(), "scan.pdf",
+    workflow.attach_roi_scan(who, models.Roi.get_by_id(w.scan_roi.id), scanned_pdf(), "scan.pdf",
                              app.config["UPLOAD_DIR"], app.config["UPLOAD_LIMIT"])
     # B1's own client (A1 may not see it), with an ROI and a draft of B1's.
     w.sb = make_subject(w.b1, w.gk_b1, first_name="Maria", last_name="Lopez",

@@ -7,7 +7,8 @@ import time
 
 import models
 from tests.conftest import Browser
-from tests.test_uploads import paper_roi, scanned_pdf, upload
+from tests.pdfs import scanned_pdf
+from tests.test_uploads import paper_roi, upload
 
 GIB = 1024 ** 3
 
