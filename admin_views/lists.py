@@ -157,16 +157,18 @@ class LeanListView(SecureModelView):
         `list_total`."""
         order = self.sort_order(sort_column, sort_desc)
         page_size = self.page_size if page_size is None else page_size
-        ids = self.filtered_query(search, filters).select(self.model.id)
+        filtered = self.filtered_query(search, filters)
+        ids = filtered.select(self.model.id)
         if cursor is not None:
             direction, value, key = cursor
             field, desc = self.sort_fields(sort_column, sort_desc)[0]
             forward = direction == "after"
-            key_side = (Tuple(field, self.model.id), Tuple(value, key))
             if field is self.model.id:
-                key_side = (self.model.id, key)
+                left, right = self.model.id, key
+            else:
+                left, right = Tuple(field, self.model.id), Tuple(value, key)
             older = desc == forward  # descending lists go on to smaller values
-            ids = ids.where(key_side[0] < key_side[1] if older else key_side[0] > key_side[1])
+            ids = ids.where(left < right if older else left > right)
             if not forward:
                 order = [c.node.desc() if c.direction == "ASC" else c.node.asc() for c in order]
         elif page_size and page:  # page 1 has no OFFSET (PostgreSQL plans it better)
@@ -180,10 +182,8 @@ class LeanListView(SecureModelView):
         page_ids = ids.alias("page_ids")
         query = (self.model.select().join(page_ids, on=(self.model.id == page_ids.c.id))
                  .switch(self.model))
-        capped = (self.filtered_query(search, filters).select(SQL("1")).order_by()
-                  .limit(self.count_cap + 1))
-        total = capped.select_from(fn.COUNT(SQL("*")))
-        return self.join_page(query).select_extend(total.alias("list_total")).order_by(*order)
+        total = self.capped_count_query(filtered).alias("list_total")
+        return self.join_page(query).select_extend(total).order_by(*order)
 
     def filtered_query(self, search=None, filters=()):
         query = self.list_query()
@@ -262,23 +262,18 @@ class LeanListView(SecureModelView):
             rows.reverse()
         has_prev = more if backwards else (cursor is not None or page > 0)
         has_next = (cursor is not None or more) if backwards else more
-        field = self.keyset_field(sort_column, sort_desc)
+        field = self.keyset_field(sort_column, sort_desc) if rows else None
+
+        def link(target, direction, row):
+            """Page `target`, by cursor when the sort allows it (page 1 needs none)."""
+            position = self.cursor_of(row, field) if field is not None and target else None
+            return {"page": target, direction: position} if position else {"page": target}
+
         links = {"page": page, "prev": None, "next": None}
-        if rows and field is not None:
-            if has_prev and page > 0:
-                links["prev"] = {"before": self.cursor_of(rows[0], field), "page": page - 1}
-            if has_next:
-                links["next"] = {"after": self.cursor_of(rows[-1], field), "page": page + 1}
-        else:
-            if has_prev and page > 0:
-                links["prev"] = {"page": page - 1}
-            if has_next and page < self.max_page:
-                links["next"] = {"page": page + 1}
-        for name in ("prev", "next"):
-            if links[name] is not None and None in links[name].values():
-                links[name] = {"page": links[name]["page"]}
-        if links["prev"] is not None and links["prev"]["page"] == 0:
-            links["prev"] = {"page": 0}  # the first page: no cursor needed
+        if has_prev and page > 0:
+            links["prev"] = link(page - 1, "before", rows[0] if rows else None)
+        if has_next and (field is not None or page < self.max_page):
+            links["next"] = link(page + 1, "after", rows[-1] if rows else None)
         return rows, links
 
     def pager_href(self, link):
@@ -290,12 +285,14 @@ class LeanListView(SecureModelView):
         args += [(k, link[k]) for k in ("after", "before") if k in link]
         return request.path + ("?" + urlencode(args) if args else "")
 
+    def capped_count_query(self, filtered):
+        """The number of matching rows up to count_cap, on the base table (no joins):
+        COUNT over at most count_cap + 1 index entries."""
+        return (filtered.select(SQL("1")).order_by().limit(self.count_cap + 1)
+                .select_from(fn.COUNT(SQL("*"))))
+
     def capped_count(self, search=None, filters=()):
-        """The number of matching rows up to count_cap, in one bounded query on the base
-        table (no joins): COUNT over at most count_cap + 1 index entries."""
-        inner = (self.filtered_query(search, filters).select(self.model.id).order_by()
-                 .limit(self.count_cap + 1))
-        return inner.count()
+        return self.capped_count_query(self.filtered_query(search, filters)).scalar()
 
     def count_label(self, count):
         if count > self.count_cap:
