@@ -170,7 +170,6 @@ def load_user_for_session(session_id):
     row = rows[0]
     user = row.user
     user._session_id = row.id
-    user._session = row
     memberships = []
     for each in rows:
         membership = getattr(each.user, "gate_membership", None)

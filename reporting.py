@@ -586,21 +586,10 @@ def _month_of(column):
     return fn.to_char(column, "YYYY-MM")
 
 
-def referral_condition(kind, scope, start, end, status="", agency_ids=()):
-    """The WHERE clause of a referral report: scope, direction, period, filters."""
-    if kind.direction == "received":
-        where = scope.received()
-    elif kind.direction == "sent":
-        where = scope.sent()
-    else:
-        where = scope.received() | scope.sent()
-    return where & _report_filters(kind, start, end, status, agency_ids)
-
-
 def report_halves(kind, scope, start, end, status="", agency_ids=()):
     """The report's rows as (direction, WHERE) halves, received and sent apart: each half
     walks its own covering index (issue 6), where an OR of the two columns reads the table.
-    A referral a program sends to itself counts once, as received (as referral_condition)."""
+    A referral a program sends to itself counts once, as received."""
     filters = _report_filters(kind, start, end, status, agency_ids)
     if kind.direction == "received":
         return [("received", scope.received() & filters)]

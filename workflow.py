@@ -138,10 +138,6 @@ def mark_notifications_read(user, ids=None):
         return query.execute()
 
 
-def days_between(start, end):
-    return (end - start).total_seconds() / 86400 if start and end else None
-
-
 # ---------------------------------------------------------------------------
 # Accounts (R-AUTH) and agreements (R-MOU)
 # ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from forms.auth import (
     SignInForm,
     SignMouForm,
 )
-from models import Membership, Notification, Program, User, local_today, utcnow
+from models import Notification, User, local_today, utcnow
 
 SIGN_IN_MIN_SECONDS = 0.35  # known and unknown addresses answer in the same time
 
@@ -225,8 +225,3 @@ class NotificationView(SecureBaseView):
 def unread_count(user):
     return Notification.select().where((Notification.user == user.id)
                                        & Notification.read_at.is_null()).count()
-
-
-def program_count(user):
-    return (Membership.select(Membership.program).distinct().join(Program)
-            .where((Membership.user == user.id) & Program.active).count())
